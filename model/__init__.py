@@ -1,0 +1,3 @@
+from model.config import ConfigError, LMConfig
+
+__all__ = ["ConfigError", "LMConfig"]

@@ -1,0 +1,94 @@
+"""LMConfig: the shape of the one Transformer, validated on construction."""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+OBJECTIVES = ("clm", "mlm")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message is one line naming the key."""
+
+
+@dataclass
+class LMConfig:
+    vocab_size: int = 4096
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: Optional[int] = None      # None -> n_heads (plain multi-head attention)
+    hidden_dim: Optional[int] = None      # None -> SwiGLU size ~8/3*dim rounded up to multiple_of
+    multiple_of: int = 32
+    max_seq_len: int = 256
+    dropout: float = 0.0
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = True
+    objective: str = "clm"                # clm: causal next-token LM; mlm: bidirectional masked LM
+    init_std: float = 0.02
+    gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"model.{key} must be a positive integer, got {value!r}")
+        if self.hidden_dim is not None and (not isinstance(self.hidden_dim, int) or self.hidden_dim <= 0):
+            raise ConfigError(f"model.hidden_dim must be a positive integer or null, got {self.hidden_dim!r}")
+        if self.dim % self.n_heads:
+            raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
+        if (self.dim // self.n_heads) % 2:
+            raise ConfigError(f"model.dim / model.n_heads = {self.dim // self.n_heads} must be even for rotary embeddings")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
+            raise ConfigError("model.norm_eps, model.rope_theta and model.init_std must be positive")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"model.pad_token_id ({self.pad_token_id}) must be a valid id below vocab_size ({self.vocab_size})")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @property
+    def ffn_dim(self) -> int:
+        if self.hidden_dim is not None:
+            return self.hidden_dim
+        hidden = int(2 * (4 * self.dim) / 3)
+        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+
+    @property
+    def causal(self) -> bool:
+        return self.objective == "clm"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LMConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown model key(s): {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "LMConfig":
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+# Named sizes. 'tiny' trains on a 2-core CPU in minutes; 'small' is ~25M parameters with a 32k
+# vocabulary; 'gpt2' matches GPT-2 small (~124M with a 50k vocabulary).
+PRESETS = {
+    "tiny": dict(vocab_size=4096, dim=192, n_layers=4, n_heads=6, max_seq_len=256),
+    "small": dict(vocab_size=32000, dim=512, n_layers=6, n_heads=8, max_seq_len=512),
+    "gpt2": dict(vocab_size=50304, dim=768, n_layers=12, n_heads=12, max_seq_len=1024),
+}
