@@ -1,0 +1,64 @@
+"""Train a causal or masked language model.
+
+    python train.py                                   # the embedded default (config.yaml)
+    python train.py --config config.yaml --batch_size 64 --lr_scheduler polynomial --use_ema
+    torchrun --nproc_per_node=4 train.py --config config.yaml --ddp
+    python train.py --config config.yaml --resume [--resume_from out/<run>/checkpoint_step_N.pth]
+"""
+import os
+import sys
+
+import torch
+
+from model.config import ConfigError
+
+EXIT_BAD_INPUT = 2
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    from data.errors import DataError
+    from training.checkpoint import CheckpointError
+    from training.config import build_config
+    from training import distributed
+
+    default = "config.yaml" if os.path.exists("config.yaml") else None
+    info = None
+    try:
+        cfg = build_config(argv, default_config=default)
+        if cfg.train.device == "cpu" or not torch.cuda.is_available():
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        info, device = distributed.setup(cfg.train.ddp, cfg.train.device)
+        from training.loop import Trainer, TrainingStopped
+        trainer = Trainer(cfg, info, device)
+        try:
+            summary = trainer.train()
+        except TrainingStopped as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        if info.is_main:
+            _print_summary(summary)
+            from training.plot import plot_run
+            plot_run(summary["run_dir"])
+        return 0
+    except (ConfigError, DataError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    finally:
+        if info is not None:
+            distributed.teardown(info)
+
+
+def _print_summary(s: dict) -> None:
+    lines = [f"{s['outcome']} at step {s['step']} in {s['seconds']:.0f}s",
+             f"best validation loss {s['best_val_loss']:.4f} (step {s['best_step']})"]
+    if "val_bpb" in s:
+        lines.append(f"final validation bits per byte {s['val_bpb']:.3f}")
+    if "val_mlm_accuracy" in s:
+        lines.append(f"final masked-token accuracy {s['val_mlm_accuracy']:.3f}")
+    lines.append(f"wrote {s['run_dir']}/ (best.pth, checkpoint_step_*.pth, metrics.jsonl, tokenizer.json, config.yaml)")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

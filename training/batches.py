@@ -1,0 +1,90 @@
+"""Turn global sample positions into batches, and evaluate on the validation set.
+
+Which sample a position holds, and how it is masked, is a pure function of (seed, position), so
+a resumed run, or one with another world size, sees exactly the samples it would have seen."""
+import math
+
+import torch
+
+from data.datasets import CausalWindows, MaskedWindows, SampleOrder
+from data.masking import MLMMasker
+from training.distributed import all_reduce_sum
+
+EVAL_SEED = 1234  # evaluation masks are drawn from this fixed seed so two evaluations agree
+
+
+def masker_for(cfg, tokenizer, eval_mode: bool) -> MLMMasker:
+    d = cfg.data
+    return MLMMasker(tokenizer.mask_id, tokenizer.special_ids, tokenizer.vocab_size,
+                     mask_rate=d.eval_mask_rate if eval_mode else d.mask_rate,
+                     mask_token_frac=d.mask_token_frac, random_token_frac=d.random_token_frac)
+
+
+def make_windows(token_bin, seq_len: int, objective: str, masker=None):
+    if objective == "clm":
+        return CausalWindows(token_bin, seq_len)
+    return MaskedWindows(token_bin, seq_len, masker)
+
+
+def _sample_generator(seed: int, position: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + position) % (2**63))
+    return g
+
+
+def fetch(windows, index: int, seed: int, position: int):
+    if isinstance(windows, CausalWindows):
+        return windows[index]
+    return windows.sample(index, _sample_generator(seed, position))
+
+
+def collate(windows, order: SampleOrder, positions, seed: int, device):
+    xs, ys = zip(*(fetch(windows, order.index(p), seed, p) for p in positions))
+    x, y = torch.stack(xs), torch.stack(ys)
+    if device.type == "cuda":
+        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
+    return x, y
+
+
+def step_positions(samples_seen: int, micro_batch: int, accumulation: int, rank: int, world: int):
+    """Positions each micro-step of this rank consumes. A step takes the next
+    micro_batch * accumulation * world positions; micro-step a of rank r takes a contiguous block,
+    so a single process with a batch of 2B reads what two ranks with B read together."""
+    out = []
+    for a in range(accumulation):
+        start = samples_seen + (a * world + rank) * micro_batch
+        out.append(list(range(start, start + micro_batch)))
+    return out
+
+
+@torch.no_grad()
+def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token: float,
+             info, device, autocast) -> dict:
+    """Loss, perplexity and bits per byte (masked: accuracy too) over a fixed slice of the
+    validation windows, sharded over ranks; sums are reduced, never whole logits kept."""
+    was_training = model.training
+    model.eval()
+    n = len(windows) if max_batches <= 0 else min(len(windows), max_batches * batch_size * info.world_size)
+    mine = list(range(info.rank, n, info.world_size))
+    loss_sum = targets = correct = 0.0
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
+        xs, ys = zip(*(fetch(windows, i, EVAL_SEED, i) for i in idx))
+        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+        with autocast:
+            out = model(x, labels=y, return_logits=isinstance(windows, MaskedWindows))
+        loss_sum += out.loss_sum.float().item()
+        targets += float(out.n_targets)
+        if out.logits is not None and isinstance(windows, MaskedWindows):
+            correct += (out.logits.argmax(-1) == y[y != -100]).sum().item()
+    loss_sum, targets, correct = all_reduce_sum([loss_sum, targets, correct], info, device)
+    model.train(was_training)
+    if targets == 0:
+        return {}
+    loss = loss_sum / targets
+    metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(targets)}
+    if isinstance(windows, MaskedWindows):
+        metrics["val_mlm_accuracy"] = correct / targets
+    else:
+        metrics["val_bpb"] = loss / math.log(2) / bytes_per_token
+    return metrics

@@ -1,0 +1,285 @@
+"""Run configuration: dataclasses filled from defaults, then YAML, then command-line flags.
+
+Every key is checked before any work starts; a mistake stops the run with one line that names the
+key and what would be valid."""
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import yaml
+
+from model.config import ConfigError, LMConfig
+from training.schedule import SCHEDULES
+
+OPTIMIZERS = ("adamw", "adam")
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+
+
+@dataclass
+class DataConfig:
+    inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL files or globs
+    out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
+    text_field: str = "text"
+    vocab_size: int = 4096                # tokenizer size when one is trained
+    tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
+    val_ratio: float = 0.05
+    mask_rate: float = 0.15               # masked LM only
+    mask_token_frac: float = 0.8
+    random_token_frac: float = 0.1
+    eval_mask_rate: float = 0.15          # fixed, so evaluations of runs with different rates compare
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "out"
+    run_name: str = "run"
+    seed: int = 1337
+    device: str = "auto"
+    epochs: int = 1
+    max_steps: int = 0                    # > 0 overrides epochs
+    batch_size: int = 32                  # per process, per micro-step
+    accumulation_steps: int = 1
+    learning_rate: float = 3e-4
+    min_lr: float = 3e-5
+    warmup: float = 0.05                  # steps (>= 1) or a fraction of the run (< 1)
+    lr_scheduler: str = "cosine"
+    lr_power: float = 1.0                 # polynomial decay exponent
+    optimizer_type: str = "adamw"
+    weight_decay: float = 0.1
+    decay_embeddings: bool = False
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0                # 0 disables clipping (the norm is still logged)
+    dtype: str = "auto"
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    eval_interval: int = 200
+    eval_batches: int = 20                # 0 = the whole validation set
+    early_stopping: bool = False
+    patience: int = 5
+    min_delta: float = 0.0
+    log_interval: int = 10
+    save_interval: int = 500
+    keep_last: int = 3
+    max_nan_steps: int = 5                # this many non-finite losses in a row stop the run
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    ddp: bool = False
+    resume: bool = False
+    resume_from: Optional[str] = None
+    force_fresh: bool = False
+    tensorboard: bool = False
+    use_wandb: bool = False
+    wandb_project: Optional[str] = None
+    wandb_run_name: Optional[str] = None
+    peak_flops: float = 0.0               # for MFU on hardware not in the built-in table
+    sample_prompt: str = ""               # text generated from at the end of a causal run ("" = none)
+
+
+@dataclass
+class RunConfig:
+    model: dict = field(default_factory=dict)   # LMConfig fields; vocab_size may be left to the tokenizer
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train)}
+
+    def model_config(self, vocab_size: int) -> LMConfig:
+        d = dict(self.model)
+        d.setdefault("vocab_size", vocab_size)
+        d["gradient_checkpointing"] = d.get("gradient_checkpointing", False) or self.train.gradient_checkpointing
+        cfg = LMConfig.from_dict(d)
+        if cfg.vocab_size < vocab_size:
+            raise ConfigError(f"model.vocab_size ({cfg.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
+        return cfg
+
+
+SECTIONS = {"data": DataConfig, "train": TrainConfig}
+# Flags users type without a section prefix: every train field, e.g. --batch_size.
+SHORT_FLAGS = {f.name: "train" for f in fields(TrainConfig)}
+
+
+def _field_type(cls, name):
+    hints = typing.get_type_hints(cls)
+    t = hints[name]
+    args = [a for a in typing.get_args(t) if a is not type(None)]
+    return args[0] if typing.get_origin(t) is typing.Union else t
+
+
+def _coerce(value, typ, key):
+    """Turn a YAML or CLI value into the field's type, or say which key is wrong."""
+    if value is None:
+        return None
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if typ is list or typing.get_origin(typ) is list:
+            return list(value) if isinstance(value, (list, tuple)) else [v for v in str(value).split(",") if v]
+        if typ is str:
+            if isinstance(value, (dict, list)):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}")
+
+
+def _model_value(key, value):
+    names = {f.name: f for f in fields(LMConfig)}
+    if key not in names:
+        raise ConfigError(f"unknown key model.{key}; valid keys: {', '.join(sorted(names))}")
+    return _coerce(value, _field_type(LMConfig, key), f"model.{key}")
+
+
+def _apply(cfg: RunConfig, section: str, key: str, value) -> None:
+    if section == "model":
+        cfg.model[key] = _model_value(key, value)
+        return
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown config section {section!r}; valid sections: model, data, train")
+    obj = getattr(cfg, section)
+    valid = [f.name for f in fields(obj)]
+    if key not in valid:
+        raise ConfigError(f"unknown key {section}.{key}; valid keys: {', '.join(valid)}")
+    setattr(obj, key, _coerce(value, _field_type(type(obj), key), f"{section}.{key}"))
+
+
+def load_yaml(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}")
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(e, 'problem', e)})")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with model/data/train sections")
+    return raw
+
+
+def parse_cli(argv) -> tuple:
+    """Split argv into (config path, [(section, key, value)]). Accepts --key value, --key=value,
+    bare boolean flags (--use_ema), --no-<flag>, dotted keys (--model.n_layers 6) and dashes in names."""
+    config_path, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-h", "--help"):
+            raise SystemExit(usage())
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; flags look like --batch_size 64 or --model.dim 256")
+        name, eq, value = arg[2:].partition("=")
+        name = name.replace("-", "_")
+        negate = name.startswith("no_") and SHORT_FLAGS.get(name[3:]) is not None
+        if negate:
+            name = name[3:]
+        if "." in name:
+            section, key = name.split(".", 1)
+        elif name == "config":
+            section, key = None, "config"
+        elif name in SHORT_FLAGS:
+            section, key = SHORT_FLAGS[name], name
+        else:
+            raise ConfigError(f"unknown flag --{name}; see python train.py --help")
+        is_bool = section in SECTIONS and key in {f.name for f in fields(SECTIONS[section])} \
+            and _field_type(SECTIONS[section], key) is bool
+        if not eq:
+            if negate or (is_bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))):
+                value = "false" if negate else "true"
+            elif i + 1 < len(argv):
+                i += 1
+                value = argv[i]
+            else:
+                raise ConfigError(f"flag --{name} needs a value")
+        if key == "config":
+            config_path = value
+        else:
+            overrides.append((section, key, value))
+        i += 1
+    return config_path, overrides
+
+
+def build_config(argv, default_config: Optional[str] = None) -> RunConfig:
+    """Defaults, then the YAML file, then flags (CLI beats YAML beats defaults), then validation."""
+    config_path, overrides = parse_cli(list(argv))
+    config_path = config_path or default_config
+    cfg = RunConfig()
+    if config_path:
+        for section, values in load_yaml(config_path).items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"{config_path}: section {section!r} must be a mapping")
+            for key, value in values.items():
+                _apply(cfg, section, key, value)
+    for section, key, value in overrides:
+        _apply(cfg, section, key, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    t, d = cfg.train, cfg.data
+    if t.lr_scheduler not in SCHEDULES:
+        raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
+    if t.optimizer_type not in OPTIMIZERS:
+        raise ConfigError(f"train.optimizer_type must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer_type!r}")
+    if t.dtype not in DTYPE_CHOICES:
+        raise ConfigError(f"train.dtype must be one of {', '.join(DTYPE_CHOICES)}, got {t.dtype!r}")
+    for key in ("batch_size", "accumulation_steps", "eval_interval", "log_interval", "save_interval",
+                "keep_last", "patience", "max_nan_steps"):
+        if getattr(t, key) < 1:
+            raise ConfigError(f"train.{key} must be at least 1, got {getattr(t, key)}")
+    if t.epochs < 1 and t.max_steps < 1:
+        raise ConfigError("train.epochs or train.max_steps must be at least 1")
+    if t.learning_rate <= 0 or t.min_lr < 0 or t.min_lr > t.learning_rate:
+        raise ConfigError(f"need 0 <= train.min_lr ({t.min_lr}) <= train.learning_rate ({t.learning_rate}) and learning_rate > 0")
+    if t.warmup < 0:
+        raise ConfigError(f"train.warmup must be >= 0, got {t.warmup}")
+    if t.max_steps and t.warmup >= 1 and t.warmup >= t.max_steps:
+        raise ConfigError(f"train.warmup ({t.warmup:g} steps) must be shorter than the run (max_steps {t.max_steps})")
+    if not 0 < t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    if t.resume and t.force_fresh:
+        raise ConfigError("--resume and --force-fresh contradict each other; pass one")
+    if not 0 <= d.val_ratio < 1:
+        raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
+    if not 0 < d.mask_rate <= 1 or not 0 < d.eval_mask_rate <= 1:
+        raise ConfigError("data.mask_rate and data.eval_mask_rate must be in (0, 1]")
+    if d.mask_token_frac < 0 or d.random_token_frac < 0 or d.mask_token_frac + d.random_token_frac > 1:
+        raise ConfigError("data.mask_token_frac + data.random_token_frac must be within [0, 1]")
+    if not d.inputs:
+        raise ConfigError("data.inputs must list at least one JSONL file or glob")
+    # The model section is checked by LMConfig itself (vocab_size may still come from the tokenizer).
+    LMConfig.from_dict({"vocab_size": 1 << 20, **cfg.model, "pad_token_id": 0})
+
+
+def usage() -> str:
+    train_flags = " ".join(f"--{f.name}" for f in fields(TrainConfig))
+    return ("usage: python train.py [--config config.yaml] [--<train key> value ...] "
+            "[--model.<key> value] [--data.<key> value]\n"
+            f"train keys (also settable as --train.<key>): {train_flags}\n"
+            f"model keys: {' '.join(f.name for f in fields(LMConfig))}\n"
+            f"data keys: {' '.join(f.name for f in fields(DataConfig))}\n"
+            "booleans: --use_ema / --use_ema false / --no-use_ema; --force-fresh equals --force_fresh")
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,87 @@
+"""Process-group setup for torchrun. One code path: a single process is world size 1.
+
+torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; multi-node runs use torchrun's own rendezvous."""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from model.config import ConfigError
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(ddp_flag: bool, device_name: str) -> tuple:
+    """Return (DistInfo, device). Refuses the two silent mistakes: --ddp without torchrun (one
+    process would think it is a whole cluster) and several torchrun processes without --ddp (each
+    would train its own copy)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    under_torchrun = "RANK" in os.environ and "LOCAL_RANK" in os.environ
+    if ddp_flag and not under_torchrun:
+        raise ConfigError("--ddp needs torchrun: torchrun --nproc_per_node=N train.py --ddp ...")
+    if world > 1 and not ddp_flag:
+        raise ConfigError(f"started by torchrun with {world} processes but without --ddp; add --ddp "
+                          "(otherwise every process would train its own copy)")
+    if not ddp_flag:
+        from utils import resolve_device
+        return DistInfo(), resolve_device(device_name)
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world)
+    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
+        device = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    return info, device
+
+
+def teardown(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values, info: DistInfo, device) -> list:
+    """Sum a few Python numbers over ranks (float64, so counts stay exact)."""
+    if not info.enabled:
+        return [float(v) for v in values]
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def any_rank(flag: bool, info: DistInfo, device) -> bool:
+    if not info.enabled:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    if not info.enabled:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()

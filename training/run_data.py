@@ -1,0 +1,24 @@
+"""Make sure the run's data exists: the sample corpus, the tokenizer and the token bins."""
+import os
+
+from data.prepare import prepare_corpus
+from data.sample import build_sample_corpus
+from training.distributed import barrier
+
+SAMPLE_CORPUS = "dataset/sample.jsonl"
+
+
+def prepare_run_data(cfg, info) -> dict:
+    """Rank 0 builds whatever is missing while the others wait; then every rank reads the same
+    paths (a second prepare_corpus call only checks and reuses)."""
+    d = cfg.data
+
+    def prepare():
+        if os.path.normpath(SAMPLE_CORPUS) in map(os.path.normpath, d.inputs) and not os.path.exists(SAMPLE_CORPUS):
+            build_sample_corpus(SAMPLE_CORPUS)
+        return prepare_corpus(d.inputs, d.out_dir, vocab_size=d.vocab_size, text_field=d.text_field,
+                              val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed)
+
+    paths = prepare() if info.is_main else None
+    barrier(info)
+    return paths if paths is not None else prepare()
