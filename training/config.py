@@ -24,6 +24,8 @@ class DataConfig:
     text_field: str = "text"
     vocab_size: int = 4096                # tokenizer size when one is trained
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
+    train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);
+    val_bin: Optional[str] = None         # when set, inputs are not read and tokenizer_path is required
     val_ratio: float = 0.05
     mask_rate: float = 0.15               # masked LM only
     mask_token_frac: float = 0.8
@@ -265,7 +267,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.mask_rate and data.eval_mask_rate must be in (0, 1]")
     if d.mask_token_frac < 0 or d.random_token_frac < 0 or d.mask_token_frac + d.random_token_frac > 1:
         raise ConfigError("data.mask_token_frac + data.random_token_frac must be within [0, 1]")
-    if not d.inputs:
+    if bool(d.train_bin) != bool(d.val_bin):
+        raise ConfigError("data.train_bin and data.val_bin go together: set both or neither")
+    if d.train_bin and not d.tokenizer_path:
+        raise ConfigError("data.train_bin needs data.tokenizer_path: the tokenizer the .bin files were made with")
+    if not d.inputs and not d.train_bin:
         raise ConfigError("data.inputs must list at least one JSONL file or glob")
     # The model section is checked by LMConfig itself (vocab_size may still come from the tokenizer).
     LMConfig.from_dict({"vocab_size": 1 << 20, **cfg.model, "pad_token_id": 0})

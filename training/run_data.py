@@ -12,6 +12,8 @@ def prepare_run_data(cfg, info) -> dict:
     """Rank 0 builds whatever is missing while the others wait; then every rank reads the same
     paths (a second prepare_corpus call only checks and reuses)."""
     d = cfg.data
+    if d.train_bin:
+        return {"train_bin": d.train_bin, "val_bin": d.val_bin, "tokenizer": d.tokenizer_path}
 
     def prepare():
         if os.path.normpath(SAMPLE_CORPUS) in map(os.path.normpath, d.inputs) and not os.path.exists(SAMPLE_CORPUS):

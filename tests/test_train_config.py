@@ -1,0 +1,67 @@
+"""Config layering and validation: CLI beats YAML beats defaults; mistakes stop with one line."""
+import pytest
+
+from model.config import ConfigError
+from training.config import build_config, parse_cli
+
+
+def write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_cli_beats_yaml_beats_defaults(tmp_path):
+    path = write(tmp_path, "train:\n  batch_size: 16\n  learning_rate: 1.0e-3\nmodel:\n  n_layers: 3\n")
+    cfg = build_config(["--config", path, "--batch_size", "64", "--model.n_layers", "6"])
+    assert cfg.train.batch_size == 64            # CLI over YAML
+    assert cfg.train.learning_rate == 1e-3       # YAML over default
+    assert cfg.train.optimizer_type == "adamw"   # default
+    assert cfg.model["n_layers"] == 6
+
+
+def test_flag_forms(tmp_path):
+    cfg = build_config(["--use_ema", "--lr_scheduler=polynomial", "--force-fresh", "--data.vocab_size", "512",
+                        "--train.patience", "3", "--no-early_stopping", "--warmup", "0.1"])
+    assert cfg.train.use_ema is True and cfg.train.force_fresh is True
+    assert cfg.train.lr_scheduler == "polynomial" and cfg.train.patience == 3
+    assert cfg.train.early_stopping is False and cfg.data.vocab_size == 512
+    assert cfg.train.warmup == pytest.approx(0.1)
+    cfg = build_config(["--use_ema", "false"])
+    assert cfg.train.use_ema is False
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--bogus", "1"], "unknown flag --bogus"),
+    (["--model.n_layer", "2"], "unknown key model.n_layer"),
+    (["--data.nope", "2"], "unknown key data.nope"),
+    (["--batch_size", "many"], "train.batch_size: expected int"),
+    (["--lr_scheduler", "exp"], "train.lr_scheduler must be one of cosine, linear, polynomial, constant"),
+    (["--optimizer_type", "sgd"], "train.optimizer_type must be one of adamw, adam"),
+    (["--dtype", "fp8"], "train.dtype must be one of"),
+    (["--model.dim", "100", "--model.n_heads", "3"], "model.dim (100) must be divisible by model.n_heads (3)"),
+    (["--max_steps", "10", "--warmup", "20"], "train.warmup (20 steps) must be shorter than the run"),
+    (["--resume", "--force-fresh"], "--resume and --force-fresh"),
+    (["--model.objective", "seq2seq"], "model.objective must be one of clm, mlm"),
+    (["--batch_size", "0"], "train.batch_size must be at least 1"),
+])
+def test_bad_configs_fail_with_one_line(argv, fragment):
+    with pytest.raises(ConfigError) as e:
+        build_config(argv)
+    assert fragment in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(["--config", str(tmp_path / "missing.yaml")])
+    bad = write(tmp_path, "train:\n  batch_size: [1\n")
+    with pytest.raises(ConfigError, match=r"c.yaml line \d+: invalid YAML"):
+        build_config(["--config", bad])
+    with pytest.raises(ConfigError, match="unknown config section 'optim'"):
+        build_config(["--config", write(tmp_path, "optim:\n  lr: 1\n")])
+
+
+def test_parse_cli_keeps_config_path():
+    path, overrides = parse_cli(["--config", "x.yaml", "--epochs", "3"])
+    assert path == "x.yaml" and overrides == [("train", "epochs", "3")]

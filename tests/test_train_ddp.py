@@ -1,0 +1,67 @@
+"""Distributed training on CPU (gloo) with real torchrun processes: two ranks with batch B equal one
+process with batch 2B; a SIGTERM-interrupted two-rank run resumes into the uninterrupted run; two
+single-process 'nodes' meeting through torchrun's rendezvous equal one process."""
+import os
+import signal
+import subprocess
+
+import pytest
+
+from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run_ok, start_and_signal,
+                                 torchrun_cmd, train_cmd, weights, write_config)
+
+
+def assert_same_run(a_dir, b_dir, final):
+    a, b = losses(a_dir), losses(b_dir)
+    assert sorted(a) == sorted(b) and len(a) > 0
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+    assert max_weight_diff(weights(os.path.join(a_dir, final)), weights(os.path.join(b_dir, final))) < 1e-5
+
+
+@pytest.fixture
+def single_reference(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "single.yaml", corpus, data_dir, run_root / "out", run_name="single",
+                       max_steps=10, batch_size=8, save_interval=5)
+    run_ok(train_cmd("--config", cfg))
+    return str(run_root / "out" / "single")
+
+
+def test_two_ranks_equal_one_process_with_double_batch(tiny_corpus, run_root, single_reference):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",
+                       max_steps=10, batch_size=4, save_interval=5)
+    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp"))
+    assert_same_run(single_reference, str(run_root / "out" / "ddp"), "checkpoint_step_10.pth")
+
+
+def test_sigterm_two_ranks_then_resume_equals_uninterrupted(tiny_corpus, run_root, single_reference):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",
+                       max_steps=10, batch_size=4, save_interval=5)
+    run_dir = str(run_root / "out" / "ddp")
+    code, out, err = start_and_signal(torchrun_cmd(2, "--config", cfg, "--ddp"), run_dir, at_step=3,
+                                      sig=signal.SIGTERM)
+    assert os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth")), err[-3000:]
+    step = __import__("torch").load(os.path.join(run_dir, "checkpoint_interrupted.pth"), weights_only=True)["step"]
+    assert 3 <= step < 10
+    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp", "--resume"))
+    assert not os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth"))
+    assert_same_run(single_reference, run_dir, "checkpoint_step_10.pth")
+
+
+def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_reference):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "nodes.yaml", corpus, data_dir, run_root / "out", run_name="nodes",
+                       max_steps=10, batch_size=4, save_interval=5)
+    port = free_port()
+    procs = [subprocess.Popen(
+        [__import__("sys").executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+         f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=nodes",
+         os.path.join(ROOT, "train.py"), "--config", cfg, "--ddp"],
+        cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, results):
+        assert p.returncode == 0, err[-3000:]
+    assert_same_run(single_reference, str(run_root / "out" / "nodes"), "checkpoint_step_10.pth")
