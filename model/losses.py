@@ -1,0 +1,55 @@
+"""Output projection + cross-entropy in row chunks, so the [tokens x vocab] logits never exist.
+
+Forward computes each chunk's logits, its loss and, right away, its gradients (softmax minus
+one-hot); backward only scales the stored gradients. Peak memory is one chunk of logits, and the
+page faults of allocating a huge logits tensor every step disappear."""
+import torch
+
+IGNORE_INDEX = -100
+
+
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, labels, chunk_rows):
+        compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(hidden.device.type) \
+            else hidden.dtype
+        with torch.autocast(hidden.device.type, enabled=False):
+            w = weight.to(compute_dtype)
+            h_all = hidden.to(compute_dtype)
+            grad_hidden = torch.empty_like(hidden, dtype=compute_dtype) if hidden.requires_grad else None
+            grad_weight = torch.zeros_like(weight, dtype=torch.float32) if weight.requires_grad else None
+            loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+            for start in range(0, hidden.shape[0], chunk_rows):
+                h = h_all[start:start + chunk_rows]
+                y = labels[start:start + chunk_rows]
+                valid = y != IGNORE_INDEX
+                logits = (h @ w.t()).float()
+                lse = torch.logsumexp(logits, dim=-1)
+                target = logits.gather(1, y.clamp(min=0).unsqueeze(1)).squeeze(1)
+                loss_sum += ((lse - target) * valid).sum()
+                if grad_hidden is None and grad_weight is None:
+                    continue
+                g = torch.softmax(logits, dim=-1)  # d loss_sum / d logits = softmax - onehot, on valid rows
+                g.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -torch.ones_like(target).unsqueeze(1))
+                g *= valid.unsqueeze(1)
+                g = g.to(compute_dtype)
+                if grad_hidden is not None:
+                    grad_hidden[start:start + chunk_rows] = g @ w
+                if grad_weight is not None:
+                    grad_weight += (g.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        return loss_sum
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        h_dtype, w_dtype = ctx.dtypes
+        gh = (grad_hidden * grad_output).to(h_dtype) if grad_hidden is not None else None
+        gw = (grad_weight * grad_output).to(w_dtype) if grad_weight is not None else None
+        return gh, gw, None, None
+
+
+def chunked_cross_entropy_sum(hidden, weight, labels, chunk_rows: int = 2048):
+    """Sum over rows with label != -100 of cross_entropy(hidden @ weight.T, labels)."""
+    return ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_rows)

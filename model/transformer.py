@@ -1,0 +1,183 @@
+"""One hand-written Transformer for both objectives.
+
+clm: causal attention, next-token head, KV cache for generation.
+mlm: bidirectional attention, masked-LM head (transform, GELU, norm, tied decoder with bias) whose
+vocabulary logits are computed only where a label exists."""
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from model.attention import Attention, KVCache
+from model.config import LMConfig
+from model.layers import RMSNorm, RotaryEmbedding, SwiGLU
+from model.losses import IGNORE_INDEX, chunked_cross_entropy_sum
+
+
+@dataclass
+class ModelOutput:
+    logits: Optional[torch.Tensor] = None
+    loss: Optional[torch.Tensor] = None       # mean over labelled positions
+    loss_sum: Optional[torch.Tensor] = None   # sum over labelled positions
+    n_targets: Optional[torch.Tensor] = None  # how many positions carried a label
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.dropout)
+        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_dim, cfg.dropout)
+
+    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None, layer=0):
+        x = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, cache, layer)
+        return x + self.feed_forward(self.ffn_norm(x))
+
+
+class MLMHead(nn.Module):
+    """Transform -> GELU -> norm, then the decoder (the embedding matrix) plus a bias."""
+
+    def __init__(self, cfg: LMConfig):
+        super().__init__()
+        self.dense = nn.Linear(cfg.dim, cfg.dim)
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
+
+    def forward(self, h, decoder_weight):
+        return F.linear(self.norm(F.gelu(self.dense(h))), decoder_weight, self.bias)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: LMConfig):
+        super().__init__()
+        self.config = config
+        self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.dim, config.norm_eps)
+        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+        if config.causal:
+            self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
+            self.mlm_head = None
+        else:
+            self.output = None
+            self.mlm_head = MLMHead(config)
+        self.apply(self._init_weights)
+        # Residual projections scaled by depth, so the residual stream's variance stays bounded.
+        for name, p in self.named_parameters():
+            if name.endswith("attention.wo.weight") or name.endswith("feed_forward.w_down.weight"):
+                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        return self.tok_embeddings.weight if self.output is None else self.output.weight
+
+    # ---- forward -----------------------------------------------------------------------------
+    def _positions_and_mask(self, input_ids, attention_mask, cache):
+        """RoPE positions [B, T] (or [T]) and a bool attention mask [B, 1, T, S] (None: plain)."""
+        b, t = input_ids.shape
+        past = cache.length if cache is not None else 0
+        if attention_mask is None:
+            positions = torch.arange(past, past + t, device=input_ids.device)
+            if cache is None or t == 1 or not self.config.causal:
+                return positions, None  # SDPA's own causal flag (or none) covers it
+            keys = torch.arange(past + t, device=input_ids.device)
+            mask = keys[None, :] <= positions[:, None]
+            return positions, mask[None, None]
+        am = attention_mask.to(torch.bool)
+        if am.shape != (b, past + t):
+            raise ValueError(f"attention_mask must have shape {(b, past + t)} (cached + new tokens), got {tuple(am.shape)}")
+        # Left padding: a token's position counts only the real tokens before it.
+        positions = (am.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+        mask = am[:, None, None, :].expand(b, 1, t, past + t)
+        query_index = torch.arange(past, past + t, device=input_ids.device)
+        key_index = torch.arange(past + t, device=input_ids.device)
+        if self.config.causal:
+            mask = mask & (key_index[None, :] <= query_index[:, None])[None, None]
+        # Every query may see itself, so rows of padding never become all -inf (NaN).
+        mask = mask | (key_index[None, :] == query_index[:, None])[None, None]
+        return positions, mask
+
+    def hidden_states(self, input_ids, attention_mask=None, cache=None):
+        if cache is not None:
+            if not self.config.causal:
+                raise ValueError("a KV cache is for causal generation; this model is a masked LM")
+            cache.check_room(input_ids.shape[1])
+        positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
+        cos, sin = self.rope.tables(positions)
+        is_causal = self.config.causal and mask is None and (cache is None or cache.length == 0)
+        x = self.dropout(self.tok_embeddings(input_ids))
+        for i, layer in enumerate(self.layers):
+            if self.config.gradient_checkpointing and self.training and cache is None:
+                x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask, is_causal, cache, i)
+        if cache is not None:
+            cache.length += input_ids.shape[1]
+        return self.norm(x)
+
+    def forward(self, input_ids, labels=None, attention_mask=None, cache=None, return_logits=True) -> ModelOutput:
+        h = self.hidden_states(input_ids, attention_mask, cache)
+        if not self.config.causal:
+            return self._mlm_output(h, labels, return_logits)
+        if labels is None:
+            return ModelOutput(logits=F.linear(h, self.output_weight))
+        flat_h, flat_y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
+        n_targets = (flat_y != IGNORE_INDEX).sum()
+        if return_logits:
+            logits = F.linear(h, self.output_weight)
+            loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_y,
+                                       ignore_index=IGNORE_INDEX, reduction="sum")
+        else:
+            logits, loss_sum = None, chunked_cross_entropy_sum(flat_h, self.output_weight, flat_y)
+        return ModelOutput(logits, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
+
+    def _mlm_output(self, h, labels, return_logits):
+        if labels is None:
+            return ModelOutput(logits=self.mlm_head(h, self.tok_embeddings.weight))
+        selected = labels != IGNORE_INDEX
+        # Only masked positions need vocabulary logits: the rest of the projection is wasted work.
+        logits = self.mlm_head(h[selected], self.tok_embeddings.weight)
+        targets = labels[selected]
+        loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
+        n_targets = selected.sum()
+        return ModelOutput(logits if return_logits else None, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
+
+    # ---- utilities ---------------------------------------------------------------------------
+    def new_cache(self, batch_size: int, max_len: Optional[int] = None, device=None, dtype=None) -> KVCache:
+        max_len = max_len or self.config.max_seq_len
+        if max_len > self.config.max_seq_len:
+            raise ValueError(f"cache length {max_len} exceeds max_seq_len {self.config.max_seq_len}")
+        ref = self.tok_embeddings.weight
+        return KVCache(self.config.n_layers, batch_size, self.config.n_kv_heads, max_len, self.config.head_dim,
+                       device=device or ref.device, dtype=dtype or ref.dtype)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields tied weights once
+        return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
+
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token: 6 x (matmul weights, output projection included) plus the
+        attention score/value products at full context (12 x layers x dim x seq)."""
+        c = self.config
+        matmul_params = self.num_params(exclude_embeddings=True) + c.vocab_size * c.dim
+        return 6 * matmul_params + 12 * c.n_layers * c.dim * c.max_seq_len
+
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float) -> float:
+        return self.flops_per_token() * tokens_per_s / peak_flops
+
+    def compile_blocks(self) -> None:
+        """torch.compile each block in place (state-dict keys unchanged)."""
+        for layer in self.layers:
+            layer.compile()
