@@ -91,10 +91,10 @@ def test_bad_inputs_exit_2_with_one_line(tiny_corpus, run_root, args, fragment):
 
 def test_bin_from_another_tokenizer_is_refused(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
-    cfg = write_config(run_root / "a.yaml", corpus, data_dir, run_root / "out", max_steps=1, run_name="prep")
+    cfg = write_config(run_root / "a.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1, run_name="prep")
     run_ok(train_cmd("--config", cfg))
     other = run_root / "other"
-    cfg_b = write_config(run_root / "b.yaml", corpus, str(other), run_root / "out", max_steps=1, run_name="prep2")
+    cfg_b = write_config(run_root / "b.yaml", corpus, str(other), run_root / "out", max_steps=2, warmup=1, run_name="prep2")
     run_ok(train_cmd("--config", cfg_b, "--data.vocab_size", "300"))   # a second, different tokenizer
     proc = run(train_cmd("--config", cfg, "--run_name", "mixed", "--data.train_bin", os.path.join(data_dir, "train.bin"),
                          "--data.val_bin", os.path.join(data_dir, "val.bin"),
@@ -111,5 +111,5 @@ def test_existing_checkpoints_need_resume_or_force_fresh(tiny_corpus, run_root):
     assert proc.returncode == 2 and "--resume" in proc.stderr and "--force-fresh" in proc.stderr
     proc = run(train_cmd("--config", cfg, "--resume", "--model.n_layers", "3"))
     assert proc.returncode == 2 and "model shape differs" in proc.stderr and "n_layers: 2 -> 3" in proc.stderr
-    run_ok(train_cmd("--config", cfg, "--force-fresh", "--max_steps", "2"))
+    run_ok(train_cmd("--config", cfg, "--force-fresh", "--max_steps", "3"))
     assert sorted(os.listdir(run_root / "out" / "run")).count("checkpoint_step_4.pth") == 0

@@ -77,7 +77,6 @@ class TrainConfig:
     wandb_project: Optional[str] = None
     wandb_run_name: Optional[str] = None
     peak_flops: float = 0.0               # for MFU on hardware not in the built-in table
-    sample_prompt: str = ""               # text generated from at the end of a causal run ("" = none)
 
 
 @dataclass
