@@ -6,6 +6,7 @@ write to a temporary file in the same directory, flush, fsync, rename, fsync the
 import glob
 import os
 import re
+import warnings
 
 import torch
 
@@ -41,9 +42,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickles before failing on them
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many kinds for a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+        raise CheckpointError(f"{path} is not a readable checkpoint: truncated, corrupt, or holding objects that "
+                              f"loading would have to execute ({type(e).__name__})")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_config" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this project (no model / model_config entry)")
     return ckpt

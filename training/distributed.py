@@ -53,7 +53,7 @@ def setup(ddp_flag: bool, device_name: str) -> tuple:
 
 
 def teardown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    if dist.is_initialized():  # also a one-process torchrun --ddp run
         dist.destroy_process_group()
 
 

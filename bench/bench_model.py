@@ -1,0 +1,92 @@
+"""Training-step throughput (forward + backward + AdamW) of our causal and masked models, and of
+transformers' LlamaForCausalLM / BertForMaskedLM of the same size when transformers is installed.
+
+    python bench/bench_model.py [--steps 10] [--compile]
+
+Ours and theirs alternate step by step in one process: this machine's speed drifts, so only ratios
+from one run mean anything."""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import LMConfig, Transformer  # noqa: E402
+from model.llama_mapping import llama_config_kwargs  # noqa: E402
+
+VOCAB, DIM, LAYERS, HEADS, SEQ, BATCH = 8192, 256, 4, 4, 128, 32
+
+
+def make_step(model, inputs, labels, fused):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
+
+    def step():
+        out = model(inputs, labels=labels, **({"return_logits": False} if isinstance(model, Transformer) else {}))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def theirs(objective):
+    try:
+        import transformers
+    except ImportError:
+        return None
+    if objective == "clm":
+        cfg = LMConfig(vocab_size=VOCAB, dim=DIM, n_layers=LAYERS, n_heads=HEADS, max_seq_len=SEQ)
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_config_kwargs(cfg), attn_implementation="sdpa"))
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                                  intermediate_size=4 * DIM, max_position_embeddings=SEQ, attn_implementation="sdpa")
+    return transformers.BertForMaskedLM(cfg)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="torch.compile our blocks (cold compile takes a while)")
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    fused = True
+    print(f"torch {torch.__version__}, {a.threads} threads, fp32, vocab {VOCAB}, dim {DIM}, {LAYERS} layers, "
+          f"{HEADS} heads, seq {SEQ}, batch {BATCH}")
+    for objective in ("clm", "mlm"):
+        ours = Transformer(LMConfig(vocab_size=VOCAB, dim=DIM, n_layers=LAYERS, n_heads=HEADS, max_seq_len=SEQ,
+                                    objective=objective)).train()
+        if a.compile:
+            ours.compile_blocks()
+        x = torch.randint(5, VOCAB, (BATCH, SEQ))
+        if objective == "clm":
+            y_ours, y_theirs = torch.roll(x, -1, 1), x          # HF shifts labels itself
+        else:
+            y_ours = torch.where(torch.rand(BATCH, SEQ) < 0.15, x, torch.full_like(x, -100))
+            y_theirs = y_ours
+        steps = {"ours": make_step(ours, x, y_ours, fused)}
+        ref = theirs(objective)
+        if ref is not None:
+            ref.train()
+            steps["theirs"] = make_step(ref, x, y_theirs, fused)
+        for fn in steps.values():  # warm-up
+            fn(), fn()
+        times = {k: [] for k in steps}
+        for _ in range(a.steps):
+            for name, fn in steps.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+        rates = {k: BATCH * SEQ / statistics.median(v) for k, v in times.items()}
+        flops = ours.flops_per_token()
+        line = f"{objective}: ours {rates['ours']:8.0f} tok/s ({flops * rates['ours'] / 1e9:6.1f} GFLOP/s achieved)"
+        if "theirs" in rates:
+            name = "LlamaForCausalLM" if objective == "clm" else "BertForMaskedLM"
+            line += f" | {name} {rates['theirs']:8.0f} tok/s | ratio ours/theirs {rates['ours'] / rates['theirs']:.2f}x"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Generate text from a causal checkpoint, or fill masks with a masked-LM checkpoint.
+
+    python inference.py --model_path out/<run>/best.pth --prompt "To be" --max_new_tokens 100 --stream
+    python inference.py --model_path out/<run>/best.pth --interactive --stream
+    python inference.py --model_path out/<run>/best.pth --batch_file prompts.txt --output results.jsonl
+    python inference.py --model_path out/<mlm-run>/best.pth --fill_mask "The <mask> of Denmark"
+
+The tokenizer and model config come from the checkpoint's run directory; nothing else is needed."""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+from model.generation import GenerationConfig
+from model.text_generator import TextGenerator
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A request this checkpoint or input cannot serve; printed as one line, exit code 2."""
+
+
+def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = False) -> TextGenerator:
+    """A TextGenerator from a checkpoint file (read with weights_only=True: it cannot run code)."""
+    from data.errors import DataError
+    from data.tokenizer import load_tokenizer
+    from model import LMConfig, Transformer
+    from training.checkpoint import CheckpointError, load_checkpoint
+    from utils import resolve_device
+
+    try:
+        state = load_checkpoint(checkpoint_path)
+        tok_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "tokenizer.json")
+        if not os.path.exists(tok_path):
+            tok_path = (state.get("config", {}).get("data", {}) or {}).get("tokenizer_path") or tok_path
+        tokenizer = load_tokenizer(tok_path)
+    except (CheckpointError, DataError) as e:
+        raise UsageError(str(e))
+    if state.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint()):
+        raise UsageError(f"{tok_path} is not the tokenizer {checkpoint_path} was trained with")
+    weights = state["model"]
+    if use_ema:
+        if not state.get("ema"):
+            raise UsageError(f"{checkpoint_path} holds no EMA weights (train with --use_ema)")
+        weights = {**weights, **state["ema"]}
+    model = Transformer(LMConfig.from_dict(state["model_config"]))
+    model.load_state_dict(weights)
+    return TextGenerator(model.to(resolve_device(device)), tokenizer)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model_path", required=True, help="a checkpoint: best.pth or checkpoint_step_N.pth")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompt")
+    mode.add_argument("--interactive", action="store_true", help="a REPL: exit/quit/q leave, clear forgets")
+    mode.add_argument("--batch_file", help="one prompt per line (blank lines skipped)")
+    mode.add_argument("--fill_mask", help="text with one or more <mask> tokens (masked-LM checkpoints)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are produced")
+    p.add_argument("--output", help="with --batch_file: write one JSON line per prompt here")
+    p.add_argument("--max_new_tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top_k", type=int, default=50, help="sampling: keep the k most likely; fill-mask: candidates shown")
+    p.add_argument("--top_p", type=float, default=0.9)
+    p.add_argument("--repetition_penalty", type=float, default=1.0)
+    p.add_argument("--no_repeat_ngram_size", type=int, default=0)
+    p.add_argument("--greedy", action="store_true", help="always take the most likely token")
+    p.add_argument("--seed", type=int, default=None, help="same seed, same output")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    return p
+
+
+def generation_config(args) -> GenerationConfig:
+    try:
+        return GenerationConfig(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+                                repetition_penalty=args.repetition_penalty,
+                                no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(str(e))
+
+
+def run_fill_mask(gen: TextGenerator, args) -> None:
+    k = args.top_k if args.top_k > 0 else 5
+    for i, candidates in enumerate(gen.fill_mask(args.fill_mask, top_k=k), start=1):
+        print(f"mask {i}:")
+        for token, prob in candidates:
+            print(f"  {prob:7.4f}  {token!r}")
+
+
+def run_batch(gen: TextGenerator, args, config) -> None:
+    try:
+        with open(args.batch_file, encoding="utf-8") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read {args.batch_file}: {e}")
+    if not prompts:
+        raise UsageError(f"{args.batch_file} has no prompts")
+    results = gen.batch_generate(prompts, config)
+    out = open(args.output, "w", encoding="utf-8") if args.output else None
+    for prompt, text in zip(prompts, results):
+        if out:
+            out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
+        else:
+            print(f"### {prompt}\n{prompt}{text}\n")
+    if out:
+        out.close()
+        print(f"wrote {len(results)} results to {args.output}")
+
+
+def run_interactive(gen: TextGenerator, args, config) -> None:
+    print("interactive mode: 'exit', 'quit' or 'q' leaves, 'clear' forgets the conversation")
+    history = []
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            break
+        command = line.strip().lower()
+        if command in ("exit", "quit", "q"):
+            break
+        if command == "clear":
+            history = []
+            print("(history cleared)")
+            continue
+        if not line.strip():
+            continue
+        history.append({"role": "user", "content": line.strip()})
+        print("model> ", end="", flush=True)
+        try:
+            reply = gen.chat(history, config, stream=args.stream)
+        except KeyboardInterrupt:
+            print()
+            break
+        print(("" if args.stream else reply), flush=True)
+        history.append({"role": "assistant", "content": reply})
+    print("bye")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = generation_config(args)
+        if args.seed is not None:
+            torch.manual_seed(args.seed)
+        gen = load_generator(args.model_path, args.device, args.ema)
+        causal = gen.model.config.causal
+        if args.fill_mask is not None:
+            if causal:
+                raise UsageError("this checkpoint is a causal LM: it generates (--prompt), it does not fill masks")
+            run_fill_mask(gen, args)
+        elif not causal:
+            raise UsageError("this checkpoint is a masked LM: it fills masks (--fill_mask), it does not generate")
+        elif args.batch_file:
+            run_batch(gen, args, config)
+        elif args.interactive:
+            run_interactive(gen, args, config)
+        else:
+            print(args.prompt, end="", flush=True)
+            text = gen.generate(args.prompt, config, stream=args.stream)
+            print("" if args.stream else text)
+    except (UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

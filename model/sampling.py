@@ -1,0 +1,59 @@
+"""Choosing the next token from logits: penalties, bans, temperature, top-k, top-p.
+
+Every function takes logits [B, V] and returns new logits (banned tokens at -inf), so they compose."""
+import torch
+
+NEG_INF = float("-inf")
+
+
+def repetition_penalty(logits, history, penalty: float):
+    """Tokens already present in each row's history: a positive logit is divided by `penalty`, a
+    negative one multiplied by it (both make the token less likely for penalty > 1)."""
+    if penalty == 1.0 or history.numel() == 0:
+        return logits
+    seen = torch.gather(logits, 1, history)
+    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
+    return logits.scatter(1, history, seen)
+
+
+def ban_repeated_ngrams(logits, rows, n: int):
+    """Forbid any token that would complete an n-gram already present in that row."""
+    if n <= 0:
+        return logits
+    logits = logits.clone()
+    for b, seq in enumerate(rows):
+        if len(seq) < n:
+            continue
+        prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
+        if banned:
+            logits[b, banned] = NEG_INF
+    return logits
+
+
+def top_k_filter(logits, k: int):
+    if k <= 0 or k >= logits.shape[-1]:
+        return logits
+    kth = torch.topk(logits, k, dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, NEG_INF)
+
+
+def top_p_filter(logits, p: float):
+    """Keep the smallest set of most likely tokens whose probability mass reaches p."""
+    if p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(-1) - probs
+    drop_sorted = mass_before >= p  # the mass before this token already reached p
+    drop = drop_sorted.scatter(1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def choose(logits, do_sample: bool, temperature: float, top_k: int, top_p: float, generator=None):
+    """Next token per row: argmax when not sampling (or temperature 0), else a filtered sample."""
+    if not do_sample or temperature <= 0:
+        return logits.argmax(-1)
+    logits = top_p_filter(top_k_filter(logits / temperature, top_k), top_p)
+    probs = torch.softmax(logits.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)

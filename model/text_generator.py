@@ -1,0 +1,149 @@
+"""Text in, text out: TextGenerator wraps a model and a tokenizer for generation, streaming, batches,
+chat and fill-mask. The tokenizer is duck-typed (encode, decode, decode_bytes, eos_id, pad_id,
+mask_id), so this module needs nothing outside model/."""
+import codecs
+import sys
+from typing import Callable, List, Optional
+
+import torch
+
+from model.generation import GenerationConfig, generate_tokens
+
+CHAT_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
+
+
+def _print_piece(piece: str) -> None:
+    print(piece, end="", flush=True)
+
+
+class StreamDecoder:
+    """Turns tokens into text pieces without ever emitting half a UTF-8 character: bytes of a
+    character split over several byte-level tokens are held back until it is complete."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self.decoder.decode(self.tokenizer.decode_bytes([token]))
+
+    def flush(self) -> str:
+        return self.decoder.decode(b"", final=True)
+
+
+class TextGenerator:
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_seq_len = model.config.max_seq_len
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _fit(self, ids: List[int], config: GenerationConfig):
+        """Keep the prompt and the new tokens inside the context, cutting the prompt from the left."""
+        room = self.max_seq_len - config.max_new_tokens
+        max_new = config.max_new_tokens
+        if room < 1:  # more new tokens asked than the context holds: keep half a context of prompt
+            room = self.max_seq_len // 2
+            max_new = self.max_seq_len - room
+        if len(ids) > room:
+            print(f"warning: prompt of {len(ids)} tokens cut to its last {room} to fit the context of "
+                  f"{self.max_seq_len}", file=sys.stderr)
+            ids = ids[-room:]
+        return ids or [self.tokenizer.bos_id], max_new
+
+    def _require_causal(self):
+        if not self.model.config.causal:
+            raise ValueError("this checkpoint is a masked LM: it fills masks (--fill_mask), it does not generate")
+
+    # ---- generation ------------------------------------------------------------------------------
+    def _run(self, prompt: str, config: GenerationConfig, on_piece=None) -> List[int]:
+        """Generate for one prompt; on_piece(text) gets each complete piece and may return True to stop."""
+        self._require_causal()
+        ids, max_new = self._fit(self.tokenizer.encode(prompt), config)
+        config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
+        on_token = None
+        if on_piece is not None:
+            decoder = StreamDecoder(self.tokenizer)
+
+            def on_token(_row, token):
+                piece = decoder.push(token)
+                return bool(piece) and bool(on_piece(piece))
+        tokens = generate_tokens(self.model, [ids], config, self.tokenizer.eos_id, self.tokenizer.pad_id, on_token)[0]
+        if on_piece is not None:
+            tail = decoder.flush()
+            if tail:
+                on_piece(tail)
+        return tokens
+
+    def generate(self, prompt: str, config: Optional[GenerationConfig] = None, stream: bool = False,
+                 callback: Optional[Callable[[str], None]] = None) -> str:
+        """The continuation of `prompt`. With stream=True each piece of text goes to `callback`
+        (default: printed) as soon as it is complete; the pieces join to the returned text."""
+        emit = callback or _print_piece
+
+        def on_piece(piece):
+            emit(piece)
+            return False
+        tokens = self._run(prompt, config or GenerationConfig(), on_piece if stream else None)
+        return self.tokenizer.decode(tokens)
+
+    def batch_generate(self, prompts: List[str], config: Optional[GenerationConfig] = None) -> List[str]:
+        """Continuations of several prompts in one batched, left-padded pass."""
+        self._require_causal()
+        config = config or GenerationConfig()
+        fitted = [self._fit(self.tokenizer.encode(p), config) for p in prompts]
+        max_new = min(m for _, m in fitted)
+        config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
+        outs = generate_tokens(self.model, [ids for ids, _ in fitted], config, self.tokenizer.eos_id,
+                               self.tokenizer.pad_id)
+        return [self.tokenizer.decode(o) for o in outs]
+
+    # ---- chat ------------------------------------------------------------------------------------
+    @staticmethod
+    def render_chat(history: List[dict]) -> str:
+        """'User: ...' / 'Assistant: ...' lines, ending with 'Assistant:' for the model to continue."""
+        lines = [f"{CHAT_ROLES.get(turn['role'], turn['role'].capitalize())}: {turn['content']}" for turn in history]
+        return "\n".join(lines + ["Assistant:"])
+
+    def trim_history(self, history: List[dict], config: GenerationConfig) -> List[dict]:
+        """Drop the oldest turns until the rendered conversation fits beside the new tokens."""
+        room = max(1, self.max_seq_len - config.max_new_tokens)
+        history = list(history)
+        while len(history) > 1 and len(self.tokenizer.encode(self.render_chat(history))) > room:
+            history.pop(0)
+        return history
+
+    def chat(self, history: List[dict], config: Optional[GenerationConfig] = None, stream: bool = False,
+             callback: Optional[Callable[[str], None]] = None) -> str:
+        """The assistant's next reply: one line, ending at eos or at the newline that would start
+        the next turn. Streamed pieces never include that newline."""
+        config = config or GenerationConfig()
+        emit = (callback or _print_piece) if stream else (lambda piece: None)
+        reply = []
+
+        def on_piece(piece):
+            head, newline, _ = piece.partition("\n")
+            if head:
+                reply.append(head)
+                emit(head)
+            return bool(newline)
+        self._run(self.render_chat(self.trim_history(history, config)), config, on_piece)
+        return "".join(reply).strip()
+
+    # ---- masked LM -------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def fill_mask(self, text: str, top_k: int = 5) -> List[List[tuple]]:
+        """For each mask token in `text`, the top_k (token text, probability) candidates, best first."""
+        if self.model.config.causal:
+            raise ValueError("this checkpoint is a causal LM: it generates (--prompt), it does not fill masks")
+        ids = self.tokenizer.encode(text)
+        if len(ids) > self.max_seq_len:
+            raise ValueError(f"text of {len(ids)} tokens is longer than the context ({self.max_seq_len})")
+        where = [i for i, t in enumerate(ids) if t == self.tokenizer.mask_id]
+        if not where:
+            raise ValueError(f"no {self.tokenizer.mask_token} token in the text to fill")
+        device = next(self.model.parameters()).device
+        logits = self.model(torch.tensor([ids], device=device)).logits[0, where].float()
+        probs = torch.softmax(logits, dim=-1)
+        top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
+        return [[(self.tokenizer.decode([t]), p) for t, p in zip(ts.tolist(), ps.tolist())]
+                for ts, ps in zip(top.indices, top.values)]

@@ -1,0 +1,21 @@
+"""Small corpora and a tiny tokenizer shared by the data tests."""
+import json
+import random
+
+from data.tokenizer import train_tokenizer
+
+GOOD_WORDS = "the king queen speaks night crown sword love honour death 今天 心情 很好 🎭".split()
+
+
+def write_docs(path, n=300, seed=0, field="text"):
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            words = " ".join(rng.choice(GOOD_WORDS) for _ in range(rng.randint(5, 60)))
+            f.write(json.dumps({field: f"Doc {i}: {words}."}, ensure_ascii=False) + "\n")
+    return str(path)
+
+
+def make_tokenizer(root):
+    corpus = write_docs(root / "tok_corpus.jsonl", n=200, seed=1)
+    return train_tokenizer([corpus], str(root / "tokenizer.json"), vocab_size=300)

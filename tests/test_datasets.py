@@ -1,0 +1,98 @@
+"""Causal windows, masked-LM masking statistics, and the sample order across ranks and resumes."""
+import numpy as np
+import pytest
+import torch
+
+from data.datasets import CausalWindows, MaskedWindows, SampleOrder
+from data.masking import MLMMasker
+
+SPECIAL = [0, 1, 2, 3, 4]
+VOCAB = 1000
+
+
+class FakeBin:
+    def __init__(self, tokens):
+        self.tokens = np.asarray(tokens, dtype="<u2")
+
+
+def test_causal_windows_shift_by_one():
+    w = CausalWindows(FakeBin(np.arange(100)), seq_len=8)
+    assert len(w) == 12                                        # (100 - 1) // 8
+    x, y = w[2]
+    assert x.tolist() == list(range(16, 24)) and y.tolist() == list(range(17, 25)) and x.dtype == torch.int64
+
+
+def test_masking_rates_and_special_tokens():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (400, 512), generator=g)
+    ids[:, ::16] = 2                                           # separators (eos) throughout
+    ids[:, 1::37] = 0
+    masker = MLMMasker(mask_id=4, special_ids=SPECIAL, vocab_size=VOCAB)
+    inputs, labels = masker(ids, g)
+    chosen = labels != -100
+    eligible = ~torch.isin(ids, torch.tensor(SPECIAL))
+    rate = chosen.sum().item() / eligible.sum().item()
+    assert abs(rate - 0.15) < 0.005
+    n = chosen.sum().item()
+    as_mask = (inputs[chosen] == 4).sum().item() / n
+    unchanged = (inputs[chosen] == ids[chosen]).sum().item() / n
+    randomised = 1 - as_mask - unchanged
+    # a random replacement can coincide with the original token (1 in 995): within tolerance
+    assert abs(as_mask - 0.8) < 0.01 and abs(unchanged - 0.1) < 0.01 and abs(randomised - 0.1) < 0.01
+    assert not torch.isin(ids[chosen], torch.tensor(SPECIAL)).any()           # specials never chosen
+    replaced = chosen & (inputs != ids) & (inputs != 4)
+    assert not torch.isin(inputs[replaced], torch.tensor(SPECIAL)).any()      # nor drawn as replacements
+    assert torch.equal(inputs[~chosen], ids[~chosen]) and (labels[chosen] == ids[chosen]).all()
+
+
+def test_masking_is_configurable_and_seeded():
+    ids = torch.randint(5, VOCAB, (50, 256))
+    all_mask = MLMMasker(4, SPECIAL, VOCAB, mask_rate=0.4, mask_token_frac=1.0, random_token_frac=0.0)
+    inputs, labels = all_mask(ids, torch.Generator().manual_seed(1))
+    chosen = labels != -100
+    assert abs(chosen.float().mean().item() - 0.4) < 0.01 and (inputs[chosen] == 4).all()
+    a = all_mask(ids, torch.Generator().manual_seed(7))
+    b = all_mask(ids, torch.Generator().manual_seed(7))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(ValueError):
+        MLMMasker(4, SPECIAL, VOCAB, mask_token_frac=0.9, random_token_frac=0.2)
+
+
+def test_masked_windows_draw_fresh_masks():
+    masker = MLMMasker(4, SPECIAL, VOCAB)
+    w = MaskedWindows(FakeBin(np.random.default_rng(0).integers(5, VOCAB, 4096)), 128, masker)
+    assert len(w) == 32
+    a = w.sample(3, torch.Generator().manual_seed(1))[1]
+    b = w.sample(3, torch.Generator().manual_seed(2))[1]
+    assert not torch.equal(a, b)
+
+
+def test_order_is_a_pure_function_and_covers_each_epoch():
+    order = SampleOrder(50, seed=3)
+    epoch0 = [order.index(p) for p in range(50)]
+    epoch1 = [order.index(p) for p in range(50, 100)]
+    assert sorted(epoch0) == list(range(50)) == sorted(epoch1) and epoch0 != epoch1
+    assert [SampleOrder(50, seed=3).index(p) for p in range(120, 60, -1)] == [order.index(p) for p in range(120, 60, -1)]
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_ranks_together_read_the_single_process_sequence(world):
+    order, global_batch = SampleOrder(37, seed=1), 8
+    single = [order.index(p) for p in range(0, 10 * global_batch)]
+    sharded = []
+    for step in range(10):
+        for rank in range(world):
+            sharded += [order.index(p) for p in order.rank_positions(step * global_batch, global_batch, rank, world)]
+    assert sharded == single
+
+
+def test_resume_and_resharding_neither_repeat_nor_skip():
+    order = SampleOrder(37, seed=1)
+    seen = []
+    position = 0
+    for world, steps in ((2, 3), (4, 2), (1, 5)):              # world size changes at each "resume"
+        for _ in range(steps):
+            for rank in range(world):
+                seen += order.rank_positions(position, 8, rank, world)
+            position += 8
+    assert seen == list(range(position))

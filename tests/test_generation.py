@@ -1,0 +1,117 @@
+"""TextGenerator: batched == one by one, seeds, streaming that never splits a character, chat
+history trimming, fill-mask."""
+import pytest
+import torch
+
+from model.generation import GenerationConfig, generate_tokens
+from model.text_generator import StreamDecoder, TextGenerator
+from tests.gen_fixtures import ScriptedModel, tiny_model, tiny_tokenizer
+
+GREEDY = GenerationConfig(do_sample=False, max_new_tokens=12, stop_on_eos=False)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return tiny_tokenizer(str(tmp_path_factory.mktemp("gen")))
+
+
+def test_greedy_batch_equals_one_by_one(tok):
+    gen = TextGenerator(tiny_model(), tok)
+    prompts = ["To be", "Now is the winter of our", "今天", "Friends, Romans, countrymen, lend"]
+    batched = gen.batch_generate(prompts, GREEDY)
+    alone = [gen.generate(p, GREEDY) for p in prompts]
+    assert batched == alone and all(len(tok.encode(t)) > 0 for t in alone)
+
+
+def test_greedy_equals_full_forward_argmax(tok):
+    model = tiny_model()
+    ids = tok.encode("The king")
+    out = generate_tokens(model, [ids], GREEDY, eos_id=tok.eos_id)[0]
+    seq = list(ids)
+    for _ in range(12):  # no cache: the full forward each step
+        seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
+    assert out == seq[len(ids):]
+
+
+def test_same_seed_same_output_and_top_k_one_is_greedy(tok):
+    gen = TextGenerator(tiny_model(), tok)
+    sampled = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, seed=3,
+                               stop_on_eos=False)
+    assert gen.generate("To be", sampled) == gen.generate("To be", sampled)
+    other = GenerationConfig(**{**sampled.__dict__, "seed": 4})
+    assert gen.generate("To be", sampled) != gen.generate("To be", other)
+    k1 = GenerationConfig(**{**sampled.__dict__, "top_k": 1})
+    assert gen.generate("To be", k1) == gen.generate("To be", GenerationConfig(**{**GREEDY.__dict__, "max_new_tokens": 16}))
+
+
+def test_no_repeat_ngram_property(tok):
+    gen = TextGenerator(tiny_model(), tok)
+    for seed in range(15):
+        cfg = GenerationConfig(do_sample=True, temperature=1.2, top_k=0, top_p=1.0, max_new_tokens=40, seed=seed,
+                               no_repeat_ngram_size=3, stop_on_eos=False)
+        ids = tok.encode("To be")
+        out = ids + generate_tokens(gen.model, [ids], cfg, tok.eos_id)[0]
+        grams = [tuple(out[i:i + 3]) for i in range(len(out) - 2)]
+        assert len(grams) == len(set(grams)), seed
+
+
+@pytest.mark.parametrize("text", ["今天心情很好", "crown 👑 and mask 🎭 together", "mixed 今天 👨‍👩‍👧 é"])
+def test_streamed_equals_non_streamed_for_multibyte_text(tok, text):
+    script = tok.encode(text)
+    pieces = []
+    gen = TextGenerator(ScriptedModel(script, tok.vocab_size, tok.eos_id), tok)
+    streamed_result = gen.generate("x", GenerationConfig(do_sample=False, max_new_tokens=60), stream=True,
+                                   callback=pieces.append)
+    assert "".join(pieces) == streamed_result == text
+    assert all("\ufffd" not in p for p in pieces)
+
+
+def test_stream_decoder_holds_back_partial_characters(tok):
+    ids = tok.encode("好")
+    raw = tok.decode_bytes(ids)
+    assert len(raw) == 3
+    decoder = StreamDecoder(tok)
+    out = [decoder.push(t) for t in ids]
+    assert "".join(out) + decoder.flush() == "好" and all(p in ("", "好") for p in out)
+
+
+def test_random_model_stream_matches_plain(tok):
+    gen = TextGenerator(tiny_model(seed=5), tok)
+    cfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=30, seed=11)
+    pieces = []
+    assert gen.generate("今天", cfg, stream=True, callback=pieces.append) == gen.generate("今天", cfg)
+    assert "".join(pieces) == gen.generate("今天", cfg)
+
+
+def test_chat_trims_oldest_turns_and_stops_at_newline(tok):
+    script = tok.encode(" Good morrow.\nUser: more")
+    gen = TextGenerator(ScriptedModel(script, tok.vocab_size, tok.eos_id, max_seq_len=160), tok)
+    history = [{"role": "user" if i % 2 == 0 else "assistant", "content": f"To be, or not to be {i}"}
+               for i in range(30)]
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=20)
+    kept = gen.trim_history(history, cfg)
+    assert kept == history[-len(kept):] and 1 < len(kept) < 30
+    assert len(tok.encode(gen.render_chat(kept))) <= 160 - 20
+    assert len(tok.encode(gen.render_chat(history[-len(kept) - 1:]))) > 160 - 20  # one more would not fit
+    assert gen.chat(history, cfg) == "Good morrow."
+
+
+def test_prompt_longer_than_context_is_cut_from_the_left(tok, capsys):
+    gen = TextGenerator(tiny_model(), tok)
+    long_prompt = "Now is the winter of our discontent. " * 20
+    out = gen.generate(long_prompt, GenerationConfig(do_sample=False, max_new_tokens=8, stop_on_eos=False))
+    assert "cut to its last 56" in capsys.readouterr().err and isinstance(out, str)
+
+
+def test_fill_mask_candidates_sorted_with_probabilities(tok):
+    gen = TextGenerator(tiny_model("mlm"), tok)
+    result = gen.fill_mask("The <mask> and the <mask>.", top_k=4)
+    assert len(result) == 2
+    for candidates in result:
+        probs = [p for _, p in candidates]
+        assert len(candidates) == 4 and probs == sorted(probs, reverse=True)
+        assert all(0 < p <= 1 for p in probs)
+    with pytest.raises(ValueError, match="no <mask> token"):
+        gen.fill_mask("nothing to fill")
+    with pytest.raises(ValueError, match="masked LM"):
+        gen.generate("To be")

@@ -1,0 +1,185 @@
+"""The Transformer: causality, bidirectionality, KV cache, GQA, sparse MLM logits, chunked loss,
+gradients, parameter counts, save/load, activation checkpointing and config validation."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import ConfigError, LMConfig, Transformer
+
+SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
+
+
+def make(**kw):
+    torch.manual_seed(0)
+    m = Transformer(LMConfig(**{**SMALL, **kw}))
+    m.eval()
+    return m
+
+
+def test_causal_outputs_never_see_the_future():
+    m = make()
+    x = torch.randint(5, 211, (2, 40))
+    y = x.clone()
+    y[:, 25:] = torch.randint(5, 211, (2, 15))
+    a, b = m(x).logits, m(y).logits
+    assert torch.equal(a[:, :25], b[:, :25])
+    assert not torch.allclose(a[:, 25:], b[:, 25:])
+
+
+def test_masked_lm_sees_both_ways():
+    m = make(objective="mlm")
+    x = torch.randint(5, 211, (2, 40))
+    y = x.clone()
+    y[:, 35] = (x[:, 35] + 1) % 200 + 5
+    assert (m(x).logits[:, :10] - m(y).logits[:, :10]).abs().max() > 1e-6
+
+
+def test_kv_cache_steps_equal_full_forward_with_left_padding():
+    m = make()
+    lengths = [5, 12, 9]
+    total = 30
+    seqs = [torch.randint(5, 211, (n + total - 12,)) for n in lengths]   # prompt + continuation
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, s in enumerate(seqs):                                          # left padding
+        ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
+    full = m(ids, attention_mask=mask).logits
+    prompt = width - (total - 12)
+    cache = m.new_cache(3, width)
+    steps = [m(ids[:, :prompt], attention_mask=mask[:, :prompt], cache=cache).logits]
+    for t in range(prompt, width):
+        steps.append(m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits)
+    stepped = torch.cat(steps, dim=1)
+    real = mask.bool()
+    assert (stepped[real] - full[real]).abs().max() < 1e-4
+    # and each padded row equals that sequence alone, unpadded
+    for i, s in enumerate(seqs):
+        alone = m(s[None]).logits[0]
+        assert (full[i, width - len(s):] - alone).abs().max() < 1e-4
+
+
+def test_cache_overflow_is_a_clear_error():
+    m = make()
+    cache = m.new_cache(1, 8)
+    m(torch.randint(5, 211, (1, 6)), cache=cache)
+    with pytest.raises(ValueError, match="KV cache full: 6 \\+ 3 tokens exceed its 8 positions"):
+        m(torch.randint(5, 211, (1, 3)), cache=cache)
+
+
+def test_grouped_query_attention_equals_repeated_heads():
+    gqa = make(n_heads=4, n_kv_heads=2)
+    mha = Transformer(LMConfig(**{**SMALL, "n_kv_heads": 4}))
+    mha.eval()
+    state = copy.deepcopy(gqa.state_dict())
+    hd = 64 // 4
+    for i in range(2):
+        for name in ("wk", "wv"):
+            w = state[f"layers.{i}.attention.{name}.weight"].view(2, hd, 64)
+            state[f"layers.{i}.attention.{name}.weight"] = w.repeat_interleave(2, dim=0).reshape(4 * hd, 64)
+    mha.load_state_dict(state)
+    x = torch.randint(5, 211, (2, 30))
+    assert (gqa(x).logits - mha(x).logits).abs().max() < 1e-5
+
+
+def test_sparse_mlm_loss_equals_dense_loss():
+    m = make(objective="mlm")
+    x = torch.randint(5, 211, (3, 40))
+    labels = torch.full_like(x, -100)
+    pick = torch.rand(x.shape) < 0.2
+    labels[pick] = x[pick]
+    out = m(x, labels=labels)
+    dense = m(x).logits
+    assert out.logits.shape == (pick.sum().item(), 211)
+    ref = F.cross_entropy(dense.reshape(-1, 211), labels.reshape(-1), ignore_index=-100)
+    assert abs(out.loss.item() - ref.item()) < 1e-5 and out.n_targets.item() == pick.sum().item()
+
+
+def test_chunked_loss_and_gradients_equal_dense():
+    m = make()
+    m.train()
+    x, y = torch.randint(5, 211, (3, 40)), torch.randint(5, 211, (3, 40))
+    y[0, :7] = -100
+    dense = m(x, labels=y, return_logits=True)
+    dense.loss.backward()
+    g_dense = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    chunked = m(x, labels=y, return_logits=False)
+    chunked.loss.backward()
+    assert chunked.logits is None and abs(chunked.loss.item() - dense.loss.item()) < 1e-5
+    for n, p in m.named_parameters():
+        assert (p.grad - g_dense[n]).abs().max() < 1e-5, n
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_every_parameter_gets_a_gradient(objective):
+    m = make(objective=objective, tie_embeddings=objective == "mlm")
+    m.train()
+    x = torch.randint(5, 211, (2, 32))
+    labels = x.clone() if objective == "mlm" else torch.roll(x, -1, 1)
+    m(x, labels=labels).loss.backward()
+    for n, p in m.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_num_params_matches_hand_count():
+    c = LMConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=80, max_seq_len=16)
+    m = Transformer(c)
+    per_block = 32 * 32 + 2 * (32 * 16) + 32 * 32 + 3 * 32 * 80 + 2 * 32   # q, k+v (2 kv heads x 8), o, mlp, norms
+    expected = 100 * 32 + 2 * per_block + 32                                # tied embedding + final norm
+    assert m.num_params() == expected and m.num_params(exclude_embeddings=True) == expected - 3200
+    untied = Transformer(LMConfig(**{**c.to_dict(), "tie_embeddings": False}))
+    assert untied.num_params() == expected + 3200
+    assert m.flops_per_token() == 6 * (expected - 3200 + 3200) + 12 * 2 * 32 * 16
+    assert m.estimate_mfu(1000.0, m.flops_per_token() * 4000.0) == pytest.approx(0.25)
+
+
+def test_state_dict_round_trip(tmp_path):
+    m = make()
+    torch.save(m.state_dict(), tmp_path / "m.pt")
+    other = Transformer(LMConfig(**SMALL))
+    other.load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
+    other.eval()
+    x = torch.randint(5, 211, (2, 20))
+    assert torch.equal(m(x).logits, other(x).logits)
+
+
+def test_gradient_checkpointing_changes_memory_not_results():
+    x, y = torch.randint(5, 211, (2, 32)), torch.randint(5, 211, (2, 32))
+    results = []
+    for flag in (False, True):
+        m = make(gradient_checkpointing=flag)
+        m.train()
+        out = m(x, labels=y, return_logits=False)
+        out.loss.backward()
+        results.append((out.loss.item(), [p.grad.clone() for p in m.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    for a, b in zip(results[0][1], results[1][1]):
+        assert (a - b).abs().max() < 1e-6
+
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(dim=100, n_heads=3), "model.dim (100) must be divisible by model.n_heads (3)"),
+    (dict(n_heads=4, n_kv_heads=3), "model.n_heads (4) must be divisible by model.n_kv_heads (3)"),
+    (dict(objective="t5"), "model.objective must be one of clm, mlm"),
+    (dict(n_layers=0), "model.n_layers must be a positive integer"),
+    (dict(dropout=1.5), "model.dropout must be in [0, 1)"),
+])
+def test_config_errors_name_the_key(kw, fragment):
+    with pytest.raises(ConfigError) as e:
+        LMConfig(**kw)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_round_trip_and_presets():
+    c = LMConfig(**SMALL)
+    assert LMConfig.from_dict(c.to_dict()) == c
+    with pytest.raises(ConfigError, match="unknown model key"):
+        LMConfig.from_dict({"dims": 3})
+    sizes = {name: Transformer(LMConfig.preset(name)).num_params() for name in ("tiny", "small")}
+    assert 1e6 < sizes["tiny"] < 5e6 and 20e6 < sizes["small"] < 30e6
+    with torch.device("meta"):
+        gpt2 = Transformer(LMConfig.preset("gpt2"))
+    assert 120e6 < gpt2.num_params() < 130e6

@@ -1,0 +1,120 @@
+"""The JSONL processor: every bad line is counted by reason, never a crash; output format and split."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from data.datasets import TokenBin
+from data.errors import DataError
+from data.processor import DataProcessor
+from tests.data_fixtures import make_tokenizer, write_docs
+from tests.train_harness import ROOT
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    root = tmp_path_factory.mktemp("proc")
+    return make_tokenizer(root), root
+
+
+def write_bad_corpus(path):
+    lines = [
+        b'{"text": "good one"}\n',
+        b'{"text": "bad json"\n',                                   # invalid_json
+        b'["a", "list"]\n',                                          # not_object
+        b'{"content": "wrong field"}\n',                             # missing_field
+        b'{"text": 42}\n',                                           # non_string
+        b'{"text": "   \\n\\t "}\n',                                 # empty_text
+        b'{"text": "caf\xe9 latin-1"}\n',                            # invalid_utf8
+        b'{"text": "nul \\u0000 inside"}\n',                         # contains_nul
+        b'\n',                                                        # empty_line
+        b'{"text": "crlf line"}\r\n',                                # kept: CRLF stripped
+        b'\xef\xbb\xbf{"text": "bom line"}\n',                       # kept: BOM stripped
+        b'{"text": "' + b"x" * 3_000_000 + b'"}\n',                  # kept: one line of 3 MB
+        b'{"text": "lone surrogate \\ud800"}\n',                     # invalid_utf8
+        b'{"text": "no final newline"}',                             # kept
+    ]
+    path.write_bytes(b"".join(lines))
+    return str(path)
+
+
+def test_every_bad_line_is_counted_by_reason(tok, tmp_path):
+    tokenizer, root = tok
+    corpus = write_bad_corpus(tmp_path / "bad.jsonl")
+    proc = DataProcessor(str(root / "tokenizer.json"), val_ratio=0.0, show_progress=False)
+    paths = proc.process_dataset(corpus, str(tmp_path / "train.bin"))
+    s = proc.stats
+    assert s["documents_read"] == 14 and s["documents_kept"] == 5
+    assert {k: v for k, v in s["rejected"].items() if v} == {
+        "invalid_json": 1, "not_object": 1, "missing_field": 1, "non_string": 1, "empty_text": 1,
+        "invalid_utf8": 2, "contains_nul": 1, "empty_line": 1}
+    b = TokenBin(paths["train"])
+    docs = np.split(np.asarray(b.tokens), b.doc_offsets()[1:-1])
+    texts = [tokenizer.decode(d[:-1].tolist()) for d in docs]
+    assert texts[0] == "good one" and texts[1] == "crlf line" and texts[2] == "bom line"
+    assert texts[3] == "x" * 3_000_000 and texts[4] == "no final newline"
+    assert all(d[-1] == tokenizer.eos_id for d in docs)
+    limited = DataProcessor(str(root / "tokenizer.json"), max_length=1000, show_progress=False)
+    limited.process_dataset(corpus, str(tmp_path / "lim" / "train.bin"))
+    assert limited.stats["rejected"]["too_long"] == 1
+
+
+def test_output_format_meta_and_stats(tok, tmp_path):
+    tokenizer, root = tok
+    corpus = write_docs(tmp_path / "c.jsonl", n=400)
+    proc = DataProcessor(str(root / "tokenizer.json"), val_ratio=0.1, chunk_size=64, show_progress=False)
+    paths = proc.process_dataset(corpus, str(tmp_path / "train.bin"))
+    train, val = TokenBin(paths["train"]), TokenBin(paths["val"])
+    assert train.meta["dtype"] == "uint16" and train.tokens.dtype == np.dtype("<u2")
+    assert train.meta["tokenizer_fingerprint"] == tokenizer.fingerprint()
+    assert train.meta["n_docs"] + val.meta["n_docs"] == 400
+    assert 20 <= val.meta["n_docs"] <= 60                      # about 10%, by document
+    raw = np.fromfile(paths["train"], dtype="<u2")             # plain little-endian array
+    assert np.array_equal(raw, np.asarray(train.tokens))
+    assert (raw == tokenizer.eos_id).sum() == train.meta["n_docs"]
+    stats = json.load(open(paths["stats"]))["statistics"]
+    tpd = stats["tokens_per_document"]
+    assert tpd["min"] <= tpd["mean"] <= tpd["max"] and sum(tpd["log2_histogram"].values()) == 400
+    assert stats["splits"]["train"]["tokens"] == train.meta["n_tokens"]
+    # The split does not depend on chunking.
+    other = DataProcessor(str(root / "tokenizer.json"), val_ratio=0.1, chunk_size=7, show_progress=False)
+    other_paths = other.process_dataset(corpus, str(tmp_path / "b" / "train.bin"))
+    assert open(other_paths["val"], "rb").read() == open(paths["val"], "rb").read()
+    proc.save_statistics(str(tmp_path / "s.json"))
+    assert json.load(open(tmp_path / "s.json"))["timing"]["tokens_per_second"] > 0
+
+
+def test_foreign_tokenizer_is_refused(tok, tmp_path):
+    _, root = tok
+    proc = DataProcessor(str(root / "tokenizer.json"), show_progress=False)
+    paths = proc.process_dataset(write_docs(tmp_path / "c.jsonl", n=20), str(tmp_path / "train.bin"))
+    with pytest.raises(DataError, match="made with another tokenizer"):
+        TokenBin(paths["train"]).check_tokenizer("0" * 16)
+
+
+def test_validate_and_clean(tok, tmp_path):
+    _, root = tok
+    proc = DataProcessor(str(root / "tokenizer.json"), show_progress=False)
+    stats = proc.validate_and_clean_jsonl(write_bad_corpus(tmp_path / "bad.jsonl"), str(tmp_path / "clean.jsonl"))
+    lines = [json.loads(l) for l in open(tmp_path / "clean.jsonl", encoding="utf-8")]
+    assert len(lines) == stats["documents_kept"] == 5 and lines[0] == {"text": "good one"}
+
+
+def test_text_field_and_globs_via_cli(tok, tmp_path):
+    _, root = tok
+    write_docs(tmp_path / "a1.jsonl", n=30, field="content")
+    write_docs(tmp_path / "a2.jsonl", n=30, seed=5, field="content")
+    proc = subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "a*.jsonl"), "--out_dir",
+                           str(tmp_path / "out"), "--tokenizer", str(root / "tokenizer.json"), "--text_field",
+                           "content", "--val_ratio", "0.2"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.load(open(tmp_path / "out" / "train.stats.json"))["statistics"]
+    assert stats["documents_kept"] == 60
+
+
+def test_cli_missing_input_is_one_line_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "nope.jsonl"), "--out_dir",
+                           str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: input file not found: {tmp_path / 'nope.jsonl'}"
