@@ -19,15 +19,19 @@ from training.loop import PEAK_FLOPS  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
 from utils import peak_rss_mb, resolve_device, resolve_dtype  # noqa: E402
 
-CONFIGS = {
-    "default": dict(vocab_size=4096, dim=256, n_layers=4, n_heads=4, max_seq_len=256),
-    "small": dict(vocab_size=32000, dim=512, n_layers=6, n_heads=8, max_seq_len=512),
-    "gpt2": dict(vocab_size=50304, dim=768, n_layers=12, n_heads=12, max_seq_len=1024),
-}
+
+
+def model_config(name: str, objective: str) -> LMConfig:
+    """'default' is the model of config.yaml; other names are LMConfig presets."""
+    if name == "default":
+        import yaml
+        with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config.yaml")) as f:
+            return LMConfig(**{**yaml.safe_load(f)["model"], "vocab_size": 4096, "objective": objective})
+    return LMConfig.preset(name, objective=objective)
 
 
 def bench(name, batch, steps, device, dtype, compile_blocks, objective):
-    cfg = LMConfig(**CONFIGS[name], objective=objective)
+    cfg = model_config(name, objective)
     model = Transformer(cfg).to(device)
     if compile_blocks:
         model.compile_blocks()

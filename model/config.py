@@ -85,10 +85,10 @@ class LMConfig:
         return cls(**{**PRESETS[name], **overrides})
 
 
-# Named sizes. 'tiny' trains on a 2-core CPU in minutes; 'small' is ~25M parameters with a 32k
+# Named sizes. 'tiny' trains on a 2-core CPU in minutes; 'small' is ~25M parameters with a 16k
 # vocabulary; 'gpt2' matches GPT-2 small (~124M with a 50k vocabulary).
 PRESETS = {
     "tiny": dict(vocab_size=4096, dim=192, n_layers=4, n_heads=6, max_seq_len=256),
-    "small": dict(vocab_size=32000, dim=512, n_layers=6, n_heads=8, max_seq_len=512),
+    "small": dict(vocab_size=16384, dim=512, n_layers=5, n_heads=8, max_seq_len=512),
     "gpt2": dict(vocab_size=50304, dim=768, n_layers=12, n_heads=12, max_seq_len=1024),
 }
