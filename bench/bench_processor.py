@@ -24,13 +24,13 @@ start = time.perf_counter()
 if mode == "encode":   # the floor: read valid texts and batch-encode them, nothing written
     tok = load_tokenizer(tok_path)
     n_tokens = n_bytes = 0
-    batch = []
-    for text in iter_texts(corpus):
-        batch.append(text)
-        if len(batch) == 2048:
-            n_tokens += sum(len(ids) for ids in tok.encode_batch(batch)); n_bytes += sum(len(t.encode()) for t in batch); batch = []
+    batch, size = [], 0
+    for text in iter_texts(corpus):   # the same batches the processor makes: 2048 docs or 2 MiB
+        batch.append(text); size += len(text.encode())
+        if len(batch) == 2048 or size >= 2 << 20:
+            n_tokens += sum(len(ids) for ids in tok.encode_batch(batch)); n_bytes += size; batch, size = [], 0
     if batch:
-        n_tokens += sum(len(ids) for ids in tok.encode_batch(batch)); n_bytes += sum(len(t.encode()) for t in batch)
+        n_tokens += sum(len(ids) for ids in tok.encode_batch(batch)); n_bytes += size
 else:
     p = DataProcessor(tok_path, val_ratio=0.05, show_progress=False)
     p.process_dataset(corpus, out, resume=False)

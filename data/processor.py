@@ -23,6 +23,7 @@ from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype, wri
 from data.tokenizer import load_tokenizer
 
 SPLITS = ("train", "val")
+CHUNK_BYTES = 2 << 20  # text per tokenizer batch: big enough to keep every core busy
 
 
 def _fault(point: str, counts={}) -> None:
@@ -54,9 +55,10 @@ def _fresh_stats() -> dict:
 class DataProcessor:
     def __init__(self, tokenizer_path: str, max_length: int = 10_000_000, chunk_size: int = 2048,
                  save_interval: int = 0, text_field: str = "text", val_ratio: float = 0.0, seed: int = 0,
-                 show_progress: bool = True):
-        """max_length: longest document kept, in characters; chunk_size: documents tokenized per
-        batch; save_interval: documents between durable progress commits (0: every chunk)."""
+                 show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES):
+        """max_length: longest document kept, in characters; chunk_size: most documents tokenized
+        per batch; chunk_bytes: most text per batch (memory follows the batch, not the corpus);
+        save_interval: documents between durable progress commits (0: every chunk)."""
         if chunk_size < 1:
             raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
         if not 0 <= val_ratio < 1:
@@ -64,6 +66,7 @@ class DataProcessor:
         self.tokenizer_path = tokenizer_path
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.max_length, self.chunk_size, self.save_interval = max_length, chunk_size, save_interval
+        self.chunk_bytes = chunk_bytes
         self.text_field, self.val_ratio, self.seed = text_field, val_ratio, seed
         self.show_progress = show_progress
         self.stats = _fresh_stats()
@@ -113,6 +116,7 @@ class DataProcessor:
     def process_dataset(self, input_path, output_path: str, resume: bool = True) -> dict:
         files = expand_inputs(input_path)
         paths = self.output_paths(output_path)
+        os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
         signature = self._signature(files)
         if resume and self.is_complete(files, output_path):
             with open(paths["stats"], encoding="utf-8") as f:
@@ -177,7 +181,7 @@ class DataProcessor:
     def _tokenize(self, files, paths, state) -> None:
         handles = self._open_partials(paths, state)
         dtype = token_dtype(self.tokenizer.vocab_size)
-        stats, buffer, since_commit = state["stats"], [], 0
+        stats, buffer, buffered_bytes, since_commit = state["stats"], [], 0, 0
         total = sum(os.path.getsize(f) for f in files)
         done_before = sum(os.path.getsize(f) for f in files[:state["file_index"]]) + state["offset"]
         bar = tqdm(total=total, initial=done_before, unit="B", unit_scale=True, desc="processing",
@@ -195,16 +199,17 @@ class DataProcessor:
                         stats["rejected"][reason] += 1
                     else:
                         buffer.append(text)
-                    if len(buffer) >= self.chunk_size:
+                        buffered_bytes += len(raw)
+                    if len(buffer) >= self.chunk_size or buffered_bytes >= self.chunk_bytes:
                         since_commit += len(buffer)
                         self._write_chunk(buffer, handles, dtype, stats)
-                        buffer = []
+                        buffer, buffered_bytes = [], 0
                         if since_commit >= self.save_interval:
                             self._commit(paths, state, handles, file_index, offset)
                             since_commit = 0
                 if buffer:  # end of a file: the chunk never spans files, so the offset stays simple
                     self._write_chunk(buffer, handles, dtype, stats)
-                    buffer = []
+                    buffer, buffered_bytes = [], 0
                 self._commit(paths, state, handles, file_index + 1, 0)
         finally:
             bar.close()

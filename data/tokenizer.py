@@ -43,7 +43,10 @@ class Tokenizer:
         return ([self.bos_id] if add_bos else []) + ids + ([self.eos_id] if add_eos else [])
 
     def encode_batch(self, texts) -> list:
-        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+        """Token ids of many texts, encoded in parallel (the fast variant skips character offsets,
+        which we never use: less time and far less memory per token)."""
+        encode = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in encode(list(texts), add_special_tokens=False)]
 
     def decode(self, ids, skip_special_tokens: bool = False) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
