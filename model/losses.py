@@ -23,19 +23,28 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
                 h = h_all[start:start + chunk_rows]
                 y = labels[start:start + chunk_rows]
                 valid = y != IGNORE_INDEX
+                rows = torch.arange(h.shape[0], device=h.device)
+                target_ids = y.clamp(min=0)
+                # One pass per step, in place: max, shift, exp, sum -> log-sum-exp and softmax together.
                 logits = (h @ w.t()).float()
-                lse = torch.logsumexp(logits, dim=-1)
-                target = logits.gather(1, y.clamp(min=0).unsqueeze(1)).squeeze(1)
+                target = logits[rows, target_ids]
+                peak = logits.amax(dim=-1, keepdim=True)
+                probs = logits.sub_(peak).exp_()
+                total = probs.sum(dim=-1, keepdim=True)
+                lse = total.log().squeeze(1) + peak.squeeze(1)
                 loss_sum += ((lse - target) * valid).sum()
                 if grad_hidden is None and grad_weight is None:
                     continue
-                g = torch.softmax(logits, dim=-1)  # d loss_sum / d logits = softmax - onehot, on valid rows
-                g.scatter_add_(1, y.clamp(min=0).unsqueeze(1), -torch.ones_like(target).unsqueeze(1))
-                g *= valid.unsqueeze(1)
+                g = probs.div_(total)  # d loss_sum / d logits = softmax - onehot, on labelled rows
+                g[rows, target_ids] -= 1.0
+                if not bool(valid.all()):
+                    g[~valid] = 0.0
                 g = g.to(compute_dtype)
                 if grad_hidden is not None:
                     grad_hidden[start:start + chunk_rows] = g @ w
-                if grad_weight is not None:
+                if grad_weight is not None and compute_dtype == torch.float32:
+                    grad_weight.addmm_(g.t(), h)
+                elif grad_weight is not None:  # low-precision matmul, fp32 accumulation across chunks
                     grad_weight += (g.t() @ h).float()
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.dtypes = (hidden.dtype, weight.dtype)
@@ -50,6 +59,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None
 
 
-def chunked_cross_entropy_sum(hidden, weight, labels, chunk_rows: int = 2048):
-    """Sum over rows with label != -100 of cross_entropy(hidden @ weight.T, labels)."""
+def chunked_cross_entropy_sum(hidden, weight, labels, chunk_rows: int = 256):
+    """Sum over rows with label != -100 of cross_entropy(hidden @ weight.T, labels). 256-row chunks
+    measured fastest on a 2-core CPU (a chunk of logits stays within the caches)."""
     return ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_rows)
