@@ -11,7 +11,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in fp32 whatever the activation dtype: low-precision mean-of-squares drifts.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
+        # Low-precision activations: normalise in fp32 (a bf16 mean of squares drifts).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return (x32 * self.weight.float()).type_as(x)
@@ -26,36 +28,40 @@ class RotaryEmbedding(nn.Module):
         self.max_seq_len = max_seq_len
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+        # sin carries the sign of the rotation: rotate_half(x) * sin == swap_halves(x) * signed_sin
+        signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
         angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("sin", signed_sin.float(), persistent=False)
 
-    def tables(self, positions: torch.Tensor):
-        """cos/sin for positions [B, T] (or [T]), shaped to broadcast over heads: [B, 1, T, D]."""
-        if int(positions.max()) >= self.max_seq_len:
+    def tables(self, positions: torch.Tensor, dtype=None, checked: bool = False):
+        """cos/sin for positions [B, T] (or [T]), shaped to broadcast over heads of a [B, T, H, D]
+        tensor: [B, T, 1, D] (or [T, 1, D]).
+        checked: the caller already knows every position is below max_seq_len (saves a sync)."""
+        if not checked and int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.max_seq_len}")
         cos, sin = self.cos[positions], self.sin[positions]
-        if positions.dim() == 1:
-            return cos[None, None], sin[None, None]
-        return cos[:, None], sin[:, None]
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        if dtype is not None and dtype != cos.dtype:
+            cos, sin = cos.to(dtype), sin.to(dtype)
+        return cos.unsqueeze(-2), sin.unsqueeze(-2)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    return (x * cos.to(x.dtype)) + (rotate_half(x) * sin.to(x.dtype))
+    """x [..., D] rotated in the split-halves convention; sin is the signed table from tables()."""
+    if cos.dtype != x.dtype:  # autocast: q/k arrive in bf16/fp16
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)  # [x2, x1]
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 class SwiGLU(nn.Module):
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.w_gate = nn.Linear(dim, hidden_dim, bias=False)
-        self.w_up = nn.Linear(dim, hidden_dim, bias=False)
+        self.hidden_dim = hidden_dim
+        self.w_gate_up = nn.Linear(dim, 2 * hidden_dim, bias=False)  # gate rows, then up rows: one matmul
         self.w_down = nn.Linear(hidden_dim, dim, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.w_down(F.silu(self.w_gate(x)) * self.w_up(x)))
+        gate, up = self.w_gate_up(x).split(self.hidden_dim, dim=-1)
+        return self.dropout(self.w_down(F.silu(gate) * up))

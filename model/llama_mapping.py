@@ -1,42 +1,53 @@
-"""Weight-name mapping between this Transformer (causal) and the Llama layout used by
-transformers' LlamaForCausalLM. Both use split-halves rotary embeddings, so tensors copy as they are."""
+"""Weight mapping between this Transformer (causal) and the Llama layout used by transformers'
+LlamaForCausalLM. Both use split-halves rotary embeddings, so tensors copy as they are; our fused
+projections (wqkv, w_gate_up) are split into, or joined from, Llama's separate ones."""
+import torch
+
 from model.config import LMConfig
 
 _BLOCK = {
-    "attention.wq.weight": "self_attn.q_proj.weight",
-    "attention.wk.weight": "self_attn.k_proj.weight",
-    "attention.wv.weight": "self_attn.v_proj.weight",
     "attention.wo.weight": "self_attn.o_proj.weight",
-    "feed_forward.w_gate.weight": "mlp.gate_proj.weight",
-    "feed_forward.w_up.weight": "mlp.up_proj.weight",
     "feed_forward.w_down.weight": "mlp.down_proj.weight",
     "attention_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
 }
+_QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+_GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 
 
-def name_map(cfg: LMConfig) -> dict:
-    """ours -> Llama names."""
-    names = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight"}
-    if not cfg.tie_embeddings:
-        names["output.weight"] = "lm_head.weight"
-    for i in range(cfg.n_layers):
-        for ours, theirs in _BLOCK.items():
-            names[f"layers.{i}.{ours}"] = f"model.layers.{i}.{theirs}"
-    return names
+def _check(cfg: LMConfig) -> None:
+    if not cfg.causal:
+        raise ValueError("only causal models map to the Llama layout")
 
 
 def to_llama_state_dict(state: dict, cfg: LMConfig) -> dict:
-    if not cfg.causal:
-        raise ValueError("only causal models map to the Llama layout")
-    out = {theirs: state[ours] for ours, theirs in name_map(cfg).items()}
-    if cfg.tie_embeddings:
-        out["lm_head.weight"] = state["tok_embeddings.weight"]
+    _check(cfg)
+    out = {"model.embed_tokens.weight": state["tok_embeddings.weight"], "model.norm.weight": state["norm.weight"],
+           "lm_head.weight": state["tok_embeddings.weight" if cfg.tie_embeddings else "output.weight"]}
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    for i in range(cfg.n_layers):
+        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
+        for a, b in _BLOCK.items():
+            out[theirs + b] = state[ours + a]
+        for name, part in zip(_QKV, state[ours + "attention.wqkv.weight"].split((q, kv, kv))):
+            out[theirs + name] = part
+        for name, part in zip(_GATE_UP, state[ours + "feed_forward.w_gate_up.weight"].chunk(2)):
+            out[theirs + name] = part
     return out
 
 
 def from_llama_state_dict(state: dict, cfg: LMConfig) -> dict:
-    return {ours: state[theirs] for ours, theirs in name_map(cfg).items()}
+    _check(cfg)
+    out = {"tok_embeddings.weight": state["model.embed_tokens.weight"], "norm.weight": state["model.norm.weight"]}
+    if not cfg.tie_embeddings:
+        out["output.weight"] = state["lm_head.weight"]
+    for i in range(cfg.n_layers):
+        ours, theirs = f"layers.{i}.", f"model.layers.{i}."
+        for a, b in _BLOCK.items():
+            out[ours + a] = state[theirs + b]
+        out[ours + "attention.wqkv.weight"] = torch.cat([state[theirs + n] for n in _QKV])
+        out[ours + "feed_forward.w_gate_up.weight"] = torch.cat([state[theirs + n] for n in _GATE_UP])
+    return out
 
 
 def llama_config_kwargs(cfg: LMConfig) -> dict:

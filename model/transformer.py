@@ -57,7 +57,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
@@ -115,7 +115,8 @@ class Transformer(nn.Module):
                 raise ValueError("a KV cache is for causal generation; this model is a masked LM")
             cache.check_room(input_ids.shape[1])
         positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
-        cos, sin = self.rope.tables(positions)
+        # With a cache, check_room already bounded every position by max_seq_len.
+        cos, sin = self.rope.tables(positions, dtype=self.tok_embeddings.weight.dtype, checked=cache is not None)
         is_causal = self.config.causal and mask is None and (cache is None or cache.length == 0)
         x = self.dropout(self.tok_embeddings(input_ids))
         for i, layer in enumerate(self.layers):

@@ -76,9 +76,10 @@ def test_grouped_query_attention_equals_repeated_heads():
     state = copy.deepcopy(gqa.state_dict())
     hd = 64 // 4
     for i in range(2):
-        for name in ("wk", "wv"):
-            w = state[f"layers.{i}.attention.{name}.weight"].view(2, hd, 64)
-            state[f"layers.{i}.attention.{name}.weight"] = w.repeat_interleave(2, dim=0).reshape(4 * hd, 64)
+        key = f"layers.{i}.attention.wqkv.weight"
+        q, k, v = state[key].split((4 * hd, 2 * hd, 2 * hd))   # 4 query heads, 2 key/value heads
+        repeat = lambda w: w.view(2, hd, 64).repeat_interleave(2, dim=0).reshape(4 * hd, 64)
+        state[key] = torch.cat([q, repeat(k), repeat(v)])
     mha.load_state_dict(state)
     x = torch.randint(5, 211, (2, 30))
     assert (gqa(x).logits - mha(x).logits).abs().max() < 1e-5

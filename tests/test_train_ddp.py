@@ -23,7 +23,7 @@ def assert_same_run(a_dir, b_dir, final):
 def single_reference(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "single.yaml", corpus, data_dir, run_root / "out", run_name="single",
-                       max_steps=10, batch_size=8, save_interval=5)
+                       max_steps=30, batch_size=8, save_interval=10)
     run_ok(train_cmd("--config", cfg))
     return str(run_root / "out" / "single")
 
@@ -31,30 +31,30 @@ def single_reference(tiny_corpus, run_root):
 def test_two_ranks_equal_one_process_with_double_batch(tiny_corpus, run_root, single_reference):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",
-                       max_steps=10, batch_size=4, save_interval=5)
+                       max_steps=30, batch_size=4, save_interval=10)
     run_ok(torchrun_cmd(2, "--config", cfg, "--ddp"))
-    assert_same_run(single_reference, str(run_root / "out" / "ddp"), "checkpoint_step_10.pth")
+    assert_same_run(single_reference, str(run_root / "out" / "ddp"), "checkpoint_step_30.pth")
 
 
 def test_sigterm_two_ranks_then_resume_equals_uninterrupted(tiny_corpus, run_root, single_reference):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",
-                       max_steps=10, batch_size=4, save_interval=5)
+                       max_steps=30, batch_size=4, save_interval=10)
     run_dir = str(run_root / "out" / "ddp")
     code, out, err = start_and_signal(torchrun_cmd(2, "--config", cfg, "--ddp"), run_dir, at_step=3,
                                       sig=signal.SIGTERM)
     assert os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth")), err[-3000:]
     step = __import__("torch").load(os.path.join(run_dir, "checkpoint_interrupted.pth"), weights_only=True)["step"]
-    assert 3 <= step < 10
+    assert 3 <= step < 30
     run_ok(torchrun_cmd(2, "--config", cfg, "--ddp", "--resume"))
     assert not os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth"))
-    assert_same_run(single_reference, run_dir, "checkpoint_step_10.pth")
+    assert_same_run(single_reference, run_dir, "checkpoint_step_30.pth")
 
 
 def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_reference):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "nodes.yaml", corpus, data_dir, run_root / "out", run_name="nodes",
-                       max_steps=10, batch_size=4, save_interval=5)
+                       max_steps=30, batch_size=4, save_interval=10)
     port = free_port()
     procs = [subprocess.Popen(
         [__import__("sys").executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
@@ -64,4 +64,4 @@ def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_re
     results = [p.communicate(timeout=300) for p in procs]
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
-    assert_same_run(single_reference, str(run_root / "out" / "nodes"), "checkpoint_step_10.pth")
+    assert_same_run(single_reference, str(run_root / "out" / "nodes"), "checkpoint_step_30.pth")
