@@ -6,7 +6,6 @@ import json
 import os
 import time
 
-from data.errors import DataError
 from data.jsonl import expand_inputs
 from data.processor import DataProcessor
 from data.tokenizer import load_tokenizer, train_tokenizer

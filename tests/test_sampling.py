@@ -1,7 +1,6 @@
 """Sampling rules on known distributions."""
 import math
 
-import pytest
 import torch
 
 from model.sampling import ban_repeated_ngrams, choose, repetition_penalty, top_k_filter, top_p_filter

@@ -1,6 +1,5 @@
 """Exact resume: a run killed with SIGKILL between checkpoints and resumed is the run that was
 never stopped — same losses after the resume point, bit-identical final weights (CPU, fp32)."""
-import os
 import signal
 
 import pytest

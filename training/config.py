@@ -2,7 +2,6 @@
 
 Every key is checked before any work starts; a mistake stops the run with one line that names the
 key and what would be valid."""
-import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
@@ -185,7 +184,8 @@ def parse_cli(argv) -> tuple:
     while i < len(argv):
         arg = argv[i]
         if arg in ("-h", "--help"):
-            raise SystemExit(usage())
+            print(usage())
+            raise SystemExit(0)
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; flags look like --batch_size 64 or --model.dim 256")
         name, eq, value = arg[2:].partition("=")
