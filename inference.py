@@ -28,7 +28,7 @@ def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = F
     from data.errors import DataError
     from data.tokenizer import load_tokenizer
     from model import LMConfig, Transformer
-    from training.checkpoint import CheckpointError, load_checkpoint
+    from training.checkpoint import CheckpointError, load_checkpoint, load_weights
     from utils import resolve_device
 
     try:
@@ -46,8 +46,11 @@ def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = F
         if not state.get("ema"):
             raise UsageError(f"{checkpoint_path} holds no EMA weights (train with --use_ema)")
         weights = {**weights, **state["ema"]}
-    model = Transformer(LMConfig.from_dict(state["model_config"]))
-    model.load_state_dict(weights)
+    try:
+        model = Transformer(LMConfig.from_dict(state["model_config"]))
+        load_weights(model, weights, checkpoint_path)
+    except (CheckpointError, ValueError) as e:  # ValueError: a model_config this version rejects
+        raise UsageError(str(e))
     return TextGenerator(model.to(resolve_device(device)), tokenizer)
 
 
@@ -63,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="with --batch_file: write one JSON line per prompt here")
     p.add_argument("--max_new_tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top_k", type=int, default=50, help="sampling: keep the k most likely; fill-mask: candidates shown")
+    p.add_argument("--top_k", type=int, default=None,
+                   help="sampling: keep the k most likely (default 50, 0 = all); fill-mask: candidates shown (default 5)")
     p.add_argument("--top_p", type=float, default=0.9)
     p.add_argument("--repetition_penalty", type=float, default=1.0)
     p.add_argument("--no_repeat_ngram_size", type=int, default=0)
@@ -76,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def generation_config(args) -> GenerationConfig:
     try:
-        return GenerationConfig(do_sample=not args.greedy, temperature=args.temperature, top_k=args.top_k,
+        top_k = 50 if args.top_k is None else args.top_k
+        return GenerationConfig(do_sample=not args.greedy, temperature=args.temperature, top_k=top_k,
                                 top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                 repetition_penalty=args.repetition_penalty,
                                 no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed)
@@ -85,7 +90,7 @@ def generation_config(args) -> GenerationConfig:
 
 
 def run_fill_mask(gen: TextGenerator, args) -> None:
-    k = args.top_k if args.top_k > 0 else 5
+    k = args.top_k if args.top_k else 5
     for i, candidates in enumerate(gen.fill_mask(args.fill_mask, top_k=k), start=1):
         print(f"mask {i}:")
         for token, prob in candidates:

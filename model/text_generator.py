@@ -122,6 +122,8 @@ class TextGenerator:
 
         def on_piece(piece):
             head, newline, _ = piece.partition("\n")
+            if not reply:
+                head = head.lstrip()  # the space after "Assistant:" is not part of the reply
             if head:
                 reply.append(head)
                 emit(head)

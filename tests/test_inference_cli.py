@@ -2,10 +2,12 @@
 errors with exit code 2 for every bad request."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
 from tests.train_harness import ROOT
@@ -66,12 +68,19 @@ def test_fill_mask_prints_sorted_candidates(ckpts):
 def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x04garbage")
+    state = torch.load(ckpts["clm"], weights_only=True)   # weights of another layout (renamed tensor)
+    state["model"]["layers.0.attention.wq.weight"] = state["model"].pop("layers.0.attention.wqkv.weight")
+    foreign = tmp_path / "run" / "best.pth"
+    foreign.parent.mkdir()
+    torch.save(state, foreign)
+    shutil.copy(os.path.join(os.path.dirname(ckpts["clm"]), "tokenizer.json"), foreign.parent / "tokenizer.json")
     cases = [
         (["--model_path", ckpts["clm"], "--fill_mask", "The <mask>"], "causal LM"),
         (["--model_path", ckpts["mlm"], "--prompt", "To be"], "masked LM"),
         (["--model_path", ckpts["mlm"], "--fill_mask", "no mask here"], "no <mask> token"),
         (["--model_path", str(tmp_path / "missing.pth"), "--prompt", "x"], "checkpoint not found"),
         (["--model_path", str(corrupt), "--prompt", "x"], "not a readable checkpoint"),
+        (["--model_path", str(foreign), "--prompt", "x"], "weights do not fit this model"),
         (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--ema"], "no EMA weights"),
         (["--model_path", ckpts["clm"], "--prompt", "x", "--top_p", "1.5"], "top_p"),
     ]

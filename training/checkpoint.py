@@ -53,6 +53,20 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return ckpt
 
 
+def load_weights(model, weights: dict, source: str) -> None:
+    """load_state_dict, with a mismatch (another version or shape) as one line instead of a traceback."""
+    missing, unexpected = [], []
+    try:
+        result = model.load_state_dict(weights, strict=False)
+        missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    except RuntimeError as e:  # a tensor of the wrong shape
+        raise CheckpointError(f"{source}: weights do not fit this model ({str(e).splitlines()[-1].strip()[:160]})")
+    if missing or unexpected:
+        what = ", ".join([f"missing {k}" for k in missing[:2]] + [f"unexpected {k}" for k in unexpected[:2]])
+        raise CheckpointError(f"{source}: weights do not fit this model ({what}, ...); "
+                              "was it written by another version of this code?")
+
+
 def step_checkpoints(run_dir: str) -> list:
     """[(step, path)] of checkpoint_step_N.pth files, oldest first."""
     found = []

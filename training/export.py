@@ -14,14 +14,15 @@ import sys
 
 from safetensors.torch import save_file
 
-from model import LMConfig
+from model import LMConfig, Transformer
 from model.llama_mapping import llama_config_kwargs, to_llama_state_dict
-from training.checkpoint import CheckpointError, load_checkpoint
+from training.checkpoint import CheckpointError, load_checkpoint, load_weights
 
 
 def export(checkpoint_path: str, out_dir: str, fmt: str = "native", use_ema: bool = False) -> str:
     state = load_checkpoint(checkpoint_path)
     cfg = LMConfig.from_dict(state["model_config"])
+    load_weights(Transformer(cfg), state["model"], checkpoint_path)  # refuse weights of another layout
     weights = dict(state["model"])
     if use_ema:
         if not state.get("ema"):

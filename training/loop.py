@@ -166,7 +166,7 @@ class Trainer:
             raise ckpt_io.CheckpointError(f"cannot resume {path}: the model shape differs ({diff})")
         if state.get("tokenizer_fingerprint") != self.fingerprint:
             raise ckpt_io.CheckpointError(f"cannot resume {path}: it was trained with another tokenizer")
-        self.raw_model.load_state_dict(state["model"])
+        ckpt_io.load_weights(self.raw_model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
