@@ -1,10 +1,12 @@
 """The Transformer: causality, bidirectionality, KV cache, GQA, sparse MLM logits, chunked loss,
 gradients, parameter counts, save/load, activation checkpointing and config validation."""
 import copy
+import json
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from model import ConfigError, LMConfig, Transformer
 
@@ -177,6 +179,8 @@ def test_config_errors_name_the_key(kw, fragment):
 def test_config_round_trip_and_presets():
     c = LMConfig(**SMALL)
     assert LMConfig.from_dict(c.to_dict()) == c
+    assert LMConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
+    assert LMConfig.from_dict(yaml.safe_load(yaml.safe_dump(c.to_dict()))) == c
     with pytest.raises(ConfigError, match="unknown model key"):
         LMConfig.from_dict({"dims": 3})
     sizes = {name: Transformer(LMConfig.preset(name)).num_params() for name in ("tiny", "small")}
