@@ -1,5 +1,4 @@
 """Small cross-cutting helpers: seeding, device and dtype resolution, formatting."""
-import os
 import random
 
 import numpy as np
@@ -47,6 +46,3 @@ def peak_rss_mb() -> float:
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-
-def env_int(name: str, default: int) -> int:
-    return int(os.environ.get(name, default))

@@ -35,11 +35,8 @@ class MaskedWindows:
         start = i * self.seq_len
         return torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
 
-    def sample(self, i: int, generator: torch.Generator = None):
+    def sample(self, i: int, generator: torch.Generator):
         return self.masker(self.window(i), generator)
-
-    def __getitem__(self, i: int):
-        return self.sample(i)
 
 
 class SampleOrder:
@@ -47,24 +44,21 @@ class SampleOrder:
     permutation that is a pure function of (seed, epoch). Nothing else is state, so a run resumed at
     any position, or split over another number of ranks, reads exactly the same sequence."""
 
-    def __init__(self, n_samples: int, seed: int, shuffle: bool = True):
+    def __init__(self, n_samples: int, seed: int):
         if n_samples < 1:
             raise ValueError("SampleOrder needs at least one sample")
-        self.n, self.seed, self.shuffle = n_samples, seed, shuffle
+        self.n, self.seed = n_samples, seed
         self._epoch, self._perm = None, None
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
-            self._perm = rng.permutation(self.n) if self.shuffle else np.arange(self.n)
+            self._perm = rng.permutation(self.n)
             self._epoch = epoch
         return self._perm
 
     def index(self, position: int) -> int:
         return int(self.permutation(position // self.n)[position % self.n])
-
-    def epoch(self, position: int) -> int:
-        return position // self.n
 
     def rank_positions(self, start: int, global_batch: int, rank: int, world_size: int) -> list:
         """The contiguous block of [start, start + global_batch) that `rank` reads."""

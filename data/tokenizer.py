@@ -63,9 +63,6 @@ class Tokenizer:
                 out += bytes(self._byte_decoder[ch] for ch in token)
         return bytes(out)
 
-    def token_to_id(self, token: str):
-        return self.backend.token_to_id(token)
-
     def fingerprint(self) -> str:
         canonical = json.dumps(json.loads(self.backend.to_str()), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]

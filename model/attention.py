@@ -19,9 +19,6 @@ class KVCache:
         if self.length + new_tokens > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {new_tokens} tokens exceed its {self.max_len} positions")
 
-    def reset(self) -> None:
-        self.length = 0
-
 
 class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0):

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run_ok, start_and_signal,
+from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run, run_ok, start_and_signal,
                                  torchrun_cmd, train_cmd, weights, write_config)
 
 
@@ -65,3 +65,11 @@ def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_re
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     assert_same_run(single_reference, str(run_root / "out" / "nodes"), "checkpoint_step_30.pth")
+
+
+def test_torchrun_without_ddp_flag_refuses_to_train_copies(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "nod.yaml", corpus, data_dir, run_root / "out", run_name="nod", max_steps=4)
+    proc = run(torchrun_cmd(2, "--config", cfg))
+    assert proc.returncode != 0 and "without --ddp" in proc.stderr
+    assert not os.path.exists(run_root / "out" / "nod" / "metrics.jsonl")

@@ -111,5 +111,8 @@ def test_existing_checkpoints_need_resume_or_force_fresh(tiny_corpus, run_root):
     assert proc.returncode == 2 and "--resume" in proc.stderr and "--force-fresh" in proc.stderr
     proc = run(train_cmd("--config", cfg, "--resume", "--model.n_layers", "3"))
     assert proc.returncode == 2 and "model shape differs" in proc.stderr and "n_layers: 2 -> 3" in proc.stderr
+    other_tokenizer = ["--data.out_dir", str(run_root / "other_data"), "--data.vocab_size", "300"]
+    proc = run(train_cmd("--config", cfg, "--resume", *other_tokenizer))
+    assert proc.returncode == 2 and "trained with another tokenizer" in proc.stderr
     run_ok(train_cmd("--config", cfg, "--force-fresh", "--max_steps", "3"))
     assert sorted(os.listdir(run_root / "out" / "run")).count("checkpoint_step_4.pth") == 0

@@ -46,15 +46,13 @@ def collate(windows, order: SampleOrder, positions, seed: int, device):
     return x, y
 
 
-def step_positions(samples_seen: int, micro_batch: int, accumulation: int, rank: int, world: int):
+def step_positions(order: SampleOrder, samples_seen: int, micro_batch: int, accumulation: int, rank: int,
+                   world: int) -> list:
     """Positions each micro-step of this rank consumes. A step takes the next
-    micro_batch * accumulation * world positions; micro-step a of rank r takes a contiguous block,
-    so a single process with a batch of 2B reads what two ranks with B read together."""
-    out = []
-    for a in range(accumulation):
-        start = samples_seen + (a * world + rank) * micro_batch
-        out.append(list(range(start, start + micro_batch)))
-    return out
+    micro_batch * accumulation * world positions, micro-step by micro-step, each split over the ranks
+    in contiguous blocks: a single process with a batch of 2B reads what two ranks with B read."""
+    block = micro_batch * world
+    return [order.rank_positions(samples_seen + a * block, block, rank, world) for a in range(accumulation)]
 
 
 @torch.no_grad()

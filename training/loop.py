@@ -156,6 +156,8 @@ class Trainer:
 
     def _load(self, path):
         state = ckpt_io.load_checkpoint(path, map_location=self.device)
+        if state.get("tokenizer_fingerprint") != self.fingerprint:
+            raise ckpt_io.CheckpointError(f"cannot resume {path}: it was trained with another tokenizer")
         saved = dict(state["model_config"])
         current = self.model_config.to_dict()
         for key in ("dropout", "gradient_checkpointing"):  # these may change between runs
@@ -164,8 +166,6 @@ class Trainer:
             diff = ", ".join(f"{k}: {saved.get(k)} -> {current.get(k)}" for k in sorted(set(saved) | set(current))
                              if saved.get(k) != current.get(k))
             raise ckpt_io.CheckpointError(f"cannot resume {path}: the model shape differs ({diff})")
-        if state.get("tokenizer_fingerprint") != self.fingerprint:
-            raise ckpt_io.CheckpointError(f"cannot resume {path}: it was trained with another tokenizer")
         ckpt_io.load_weights(self.raw_model, state["model"], path)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -221,7 +221,7 @@ class Trainer:
     def train_step(self):
         t, info = self.cfg.train, self.info
         batches = [collate(self.train_windows, self.order, pos, t.seed, self.device)
-                   for pos in step_positions(self.samples_seen, t.batch_size, t.accumulation_steps,
+                   for pos in step_positions(self.order, self.samples_seen, t.batch_size, t.accumulation_steps,
                                              info.rank, info.world_size)]
         # Normalise by the global number of targets, so any split into micro-batches and ranks
         # gives the same gradient (masked LM batches hold different numbers of targets).
