@@ -38,6 +38,14 @@ def test_masked_lm_sees_both_ways():
     assert (m(x).logits[:, :10] - m(y).logits[:, :10]).abs().max() > 1e-6
 
 
+def test_masked_lm_padding_mask_hides_padding():
+    m = make(objective="mlm")
+    x = torch.randint(5, 211, (1, 20))
+    padded = torch.cat([x, torch.zeros(1, 12, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 20), torch.zeros(1, 12)], dim=1).long()
+    assert (m(padded, attention_mask=mask).logits[:, :20] - m(x).logits).abs().max() < 1e-5
+
+
 def test_kv_cache_steps_equal_full_forward_with_left_padding():
     m = make()
     lengths = [5, 12, 9]

@@ -51,6 +51,22 @@ def test_sigterm_two_ranks_then_resume_equals_uninterrupted(tiny_corpus, run_roo
     assert_same_run(single_reference, run_dir, "checkpoint_step_30.pth")
 
 
+def test_resume_on_another_world_size_continues_the_same_run(tiny_corpus, run_root, single_reference):
+    """A single-process checkpoint resumed by two ranks (same global batch) finishes as the single run."""
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "grow.yaml", corpus, data_dir, run_root / "out", run_name="grow",
+                       max_steps=30, batch_size=4, save_interval=10)
+    start = os.path.join(single_reference, "checkpoint_step_10.pth")
+    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp", "--resume_from", start))
+    a, b = losses(single_reference), losses(str(run_root / "out" / "grow"))
+    assert sorted(b) == list(range(11, 31))
+    for step in b:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+    final = "checkpoint_step_30.pth"
+    assert max_weight_diff(weights(os.path.join(single_reference, final)),
+                           weights(run_root / "out" / "grow" / final)) < 1e-5
+
+
 def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_reference):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "nodes.yaml", corpus, data_dir, run_root / "out", run_name="nodes",
