@@ -4,10 +4,13 @@ single-process 'nodes' meeting through torchrun's rendezvous equal one process."
 import os
 import signal
 import subprocess
+import sys
 
 import pytest
+import torch
 
-from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run, run_ok, start_and_signal,
+from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run, run_ok, run_torchrun_ok,
+                                 start_and_signal,
                                  torchrun_cmd, train_cmd, weights, write_config)
 
 
@@ -32,7 +35,7 @@ def test_two_ranks_equal_one_process_with_double_batch(tiny_corpus, run_root, si
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",
                        max_steps=30, batch_size=4, save_interval=10)
-    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp"))
+    run_torchrun_ok(2, "--config", cfg, "--ddp")
     assert_same_run(single_reference, str(run_root / "out" / "ddp"), "checkpoint_step_30.pth")
 
 
@@ -44,9 +47,9 @@ def test_sigterm_two_ranks_then_resume_equals_uninterrupted(tiny_corpus, run_roo
     code, out, err = start_and_signal(torchrun_cmd(2, "--config", cfg, "--ddp"), run_dir, at_step=3,
                                       sig=signal.SIGTERM)
     assert os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth")), err[-3000:]
-    step = __import__("torch").load(os.path.join(run_dir, "checkpoint_interrupted.pth"), weights_only=True)["step"]
+    step = torch.load(os.path.join(run_dir, "checkpoint_interrupted.pth"), weights_only=True)["step"]
     assert 3 <= step < 30
-    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp", "--resume"))
+    run_torchrun_ok(2, "--config", cfg, "--ddp", "--resume")
     assert not os.path.exists(os.path.join(run_dir, "checkpoint_interrupted.pth"))
     assert_same_run(single_reference, run_dir, "checkpoint_step_30.pth")
 
@@ -57,7 +60,7 @@ def test_resume_on_another_world_size_continues_the_same_run(tiny_corpus, run_ro
     cfg = write_config(run_root / "grow.yaml", corpus, data_dir, run_root / "out", run_name="grow",
                        max_steps=30, batch_size=4, save_interval=10)
     start = os.path.join(single_reference, "checkpoint_step_10.pth")
-    run_ok(torchrun_cmd(2, "--config", cfg, "--ddp", "--resume_from", start))
+    run_torchrun_ok(2, "--config", cfg, "--ddp", "--resume_from", start)
     a, b = losses(single_reference), losses(str(run_root / "out" / "grow"))
     assert sorted(b) == list(range(11, 31))
     for step in b:
@@ -68,16 +71,22 @@ def test_resume_on_another_world_size_continues_the_same_run(tiny_corpus, run_ro
 
 
 def test_two_node_rendezvous_equals_one_process(tiny_corpus, run_root, single_reference):
+    """Two 'nodes' of one process each, launched as on two machines (node 0 hosts the rendezvous
+    store at --master_addr:--master_port), train as one run."""
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "nodes.yaml", corpus, data_dir, run_root / "out", run_name="nodes",
                        max_steps=30, batch_size=4, save_interval=10)
     port = free_port()
     procs = [subprocess.Popen(
-        [__import__("sys").executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-         f"--node_rank={rank}", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=nodes",
-         os.path.join(ROOT, "train.py"), "--config", cfg, "--ddp"],
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", f"--node_rank={rank}",
+         "--master_addr=127.0.0.1", f"--master_port={port}", os.path.join(ROOT, "train.py"), "--config", cfg, "--ddp"],
         cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    results = [p.communicate(timeout=300) for p in procs]
+    try:
+        results = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for p in procs:  # never leave a node waiting on a rendezvous behind the test
+            if p.poll() is None:
+                p.kill()
     for p, (out, err) in zip(procs, results):
         assert p.returncode == 0, err[-3000:]
     assert_same_run(single_reference, str(run_root / "out" / "nodes"), "checkpoint_step_30.pth")

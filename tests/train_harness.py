@@ -53,6 +53,18 @@ def torchrun_cmd(nproc, *args, extra=()):
             "--master_port", str(free_port()), os.path.join(ROOT, "train.py"), *args]
 
 
+PORT_ERRORS = ("Address already in use", "EADDRINUSE", "DistNetworkError")
+
+
+def run_torchrun_ok(nproc, *args, timeout=300):
+    """torchrun on a free port; a port taken between choosing and binding it gets one new try."""
+    proc = run(torchrun_cmd(nproc, *args), timeout)
+    if proc.returncode != 0 and any(e in proc.stderr for e in PORT_ERRORS):
+        proc = run(torchrun_cmd(nproc, *args), timeout)
+    assert proc.returncode == 0, f"torchrun {' '.join(args)}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc
+
+
 def run(cmd, timeout=300):
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     return proc
