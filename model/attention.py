@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import apply_rotary
+from model.layers import rotate_into
 
 
 class KVCache:
@@ -20,6 +20,41 @@ class KVCache:
             raise ValueError(f"KV cache full: {self.length} + {new_tokens} tokens exceed its {self.max_len} positions")
 
 
+def _rotary_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim):
+    """Fused q|k|v projection output [B, T, (H + 2 Hkv) * D] -> rotated q [B, H, T, D], rotated
+    k [B, Hkv, T, D] and v [B, Hkv, T, D] (head-major views, as SDPA wants them)."""
+    b, t, _ = qkv.shape
+    heads = qkv.view(b, t, -1, head_dim)
+    n_qk = n_heads + n_kv_heads
+    qk = rotate_into(heads[:, :, :n_qk], cos, sin, qkv.new_empty(b, t, n_qk, head_dim))
+    q, k = qk.transpose(1, 2).split((n_heads, n_kv_heads), dim=1)
+    return q, k, heads[:, :, n_qk:].transpose(1, 2)
+
+
+class _RotaryHeads(torch.autograd.Function):
+    """_rotary_heads with a backward that writes the q, k and v gradients straight into one
+    [B, T, (H + 2 Hkv) * D] tensor. Autograd through the slices would zero-fill and add a
+    full-size gradient per slice, then concatenate: three extra passes over the tensor."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, n_heads, n_kv_heads, head_dim):
+        ctx.save_for_backward(cos, sin)
+        ctx.heads = (n_heads, n_kv_heads)
+        return _rotary_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim)
+
+    @staticmethod
+    def backward(ctx, grad_q, grad_k, grad_v):
+        cos, sin = ctx.saved_tensors
+        n_q, n_kv = ctx.heads
+        b, _, t, d = grad_q.shape
+        grad = grad_q.new_empty(b, t, n_q + 2 * n_kv, d)
+        # The rotation is orthogonal: its gradient is the inverse rotation of the output gradient.
+        rotate_into(grad_q.transpose(1, 2), cos, sin, grad[:, :, :n_q], inverse=True)
+        rotate_into(grad_k.transpose(1, 2), cos, sin, grad[:, :, n_q:n_q + n_kv], inverse=True)
+        grad[:, :, n_q + n_kv:] = grad_v.transpose(1, 2)
+        return grad.flatten(2), None, None, None, None, None
+
+
 class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0):
         super().__init__()
@@ -27,7 +62,6 @@ class Attention(nn.Module):
         # q, k and v projections as one matrix (rows: q heads, then k heads, then v heads): one
         # matmul instead of three, which matters most when decoding one token at a time.
         self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
-        self.split = (n_heads * self.head_dim, n_kv_heads * self.head_dim, n_kv_heads * self.head_dim)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -36,10 +70,11 @@ class Attention(nn.Module):
         """mask: bool [B, 1, T, S] (True = may attend) or None; is_causal only without mask."""
         b, t, _ = x.shape
         qkv = self.wqkv(x)
-        # Rotate q and k heads together (one set of ops), then move heads before time.
-        qk = apply_rotary(qkv[..., :self.split[0] + self.split[1]].unflatten(-1, (-1, self.head_dim)), cos, sin)
-        q, k = qk.transpose(1, 2).split((self.n_heads, self.n_kv_heads), dim=1)
-        v = qkv[..., self.split[0] + self.split[1]:].view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        heads = (qkv, cos, sin, self.n_heads, self.n_kv_heads, self.head_dim)
+        if torch.is_grad_enabled() and qkv.requires_grad:
+            q, k, v = _RotaryHeads.apply(*heads)
+        else:  # inference: no autograd bookkeeping
+            q, k, v = _rotary_heads(*heads)
         if cache is not None:
             end = cache.length + t
             cache.k[layer, :, :, cache.length:end] = k

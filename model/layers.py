@@ -20,23 +20,20 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """Rotary position embedding in the split-halves convention (the first half of each head's
-    channels pairs with the second half), the layout Llama checkpoints use."""
+    """Rotary position embedding in the split-halves convention (channel i of a head pairs with
+    channel i + head_dim/2), the layout Llama checkpoints use. Tables hold one cos/sin per pair."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
         super().__init__()
         self.max_seq_len = max_seq_len
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
-        # sin carries the sign of the rotation: rotate_half(x) * sin == swap_halves(x) * signed_sin
-        signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
-        angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", signed_sin.float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
 
     def tables(self, positions: torch.Tensor, dtype=None, checked: bool = False):
-        """cos/sin for positions [B, T] (or [T]), shaped to broadcast over heads of a [B, T, H, D]
-        tensor: [B, T, 1, D] (or [T, 1, D]).
+        """cos/sin for positions [B, T] (or [T]), shaped to broadcast over the heads of a
+        [B, T, H, D] tensor's half channels: [B, T, 1, D/2] (or [T, 1, D/2]).
         checked: the caller already knows every position is below max_seq_len (saves a sync)."""
         if not checked and int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.max_seq_len}")
@@ -46,12 +43,46 @@ class RotaryEmbedding(nn.Module):
         return cos.unsqueeze(-2), sin.unsqueeze(-2)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., D] rotated in the split-halves convention; sin is the signed table from tables()."""
+def rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
+                inverse: bool = False) -> torch.Tensor:
+    """Rotate each (x[i], x[i + D/2]) pair of x [..., D] by its angle (by minus it when inverse),
+    writing into out. Working on the two halves in place avoids the copy a rotate_half would make."""
     if cos.dtype != x.dtype:  # autocast: q/k arrive in bf16/fp16
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)  # [x2, x1]
-    return torch.addcmul(x * cos, swapped, sin)
+    half = x.shape[-1] // 2
+    x1, x2, o1, o2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
+    sign = -1.0 if inverse else 1.0
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
+    return out
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [..., D] rotated in the split-halves convention, as a new tensor."""
+    return rotate_into(x, cos, sin, torch.empty_like(x))
+
+
+class _SiluGate(torch.autograd.Function):
+    """silu(gate) * up from one [..., 2H] tensor (gate half, then up half). Its backward writes
+    both halves' gradients into one tensor; autograd through split() would build them separately
+    and concatenate, an extra copy of the largest activation of the block."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        silu_gate = F.silu(gate)
+        ctx.save_for_backward(gate_up, silu_gate)
+        return silu_gate * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, silu_gate = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_in = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_in.chunk(2, dim=-1)
+        torch.mul(grad, silu_gate, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_in
 
 
 class SwiGLU(nn.Module):
@@ -63,5 +94,10 @@ class SwiGLU(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.w_gate_up(x).split(self.hidden_dim, dim=-1)
-        return self.dropout(self.w_down(F.silu(gate) * up))
+        gate_up = self.w_gate_up(x)
+        if torch.is_grad_enabled() and gate_up.requires_grad:
+            hidden = _SiluGate.apply(gate_up)
+        else:  # inference: no autograd bookkeeping
+            gate, up = gate_up.chunk(2, dim=-1)
+            hidden = F.silu(gate) * up
+        return self.dropout(self.w_down(hidden))
