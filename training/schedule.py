@@ -1,29 +1,53 @@
-"""Learning-rate schedules: linear warmup, then cosine / linear / polynomial / constant decay."""
+"""Learning-rate schedules: linear warmup, then cosine / linear / polynomial / constant decay.
+
+`lr_at` is a pure function of the step, so a resumed run only needs the step counter to continue
+on exactly the same curve."""
 import math
+import numbers
 
 SCHEDULES = ("cosine", "linear", "polynomial", "constant")
 
 
 def resolve_warmup(warmup, total_steps: int) -> int:
-    """A value >= 1 is a number of steps; a value in [0, 1) is a fraction of the run."""
+    """Warmup steps from a count (an int >= 1, or an integral float such as 100.0 from a CLI flag)
+    or a fraction of the run (a float in [0, 1), rounded half up)."""
+    if isinstance(warmup, bool) or not isinstance(warmup, numbers.Real) or not math.isfinite(warmup):
+        raise ValueError(f"warmup must be a step count or a fraction in [0, 1), got {warmup!r}")
     if warmup < 0:
         raise ValueError(f"warmup must be >= 0, got {warmup}")
-    steps = int(round(warmup * total_steps)) if warmup < 1 else int(warmup)
+    if warmup < 1:  # 0 (int or float) is no warmup either way
+        steps = int(math.floor(warmup * total_steps + 0.5))
+    elif warmup != int(warmup):
+        raise ValueError(f"warmup {warmup} is neither a whole number of steps nor a fraction below 1")
+    else:
+        steps = int(warmup)
     if total_steps > 0 and steps >= total_steps:
         raise ValueError(f"warmup ({steps} steps) must be shorter than the run ({total_steps} steps)")
     return steps
 
 
-def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int, kind: str,
-          power: float = 1.0) -> float:
-    """The learning rate of 0-based optimizer step `step`."""
+def _check(kind: str, warmup_steps: int, power: float) -> None:
     if kind not in SCHEDULES:
         raise ValueError(f"unknown lr schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    if not power > 0:
+        raise ValueError(f"polynomial power must be > 0, got {power}")
+
+
+def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int, kind: str,
+          power: float = 1.0) -> float:
+    """The learning rate for 0-based optimizer step `step` (the step about to be taken).
+
+    Warmup: base_lr * (step + 1) / warmup_steps, so step 0 already learns and step warmup_steps - 1
+    reaches base_lr. Decay: progress 0 at step warmup_steps to 1 at step total_steps, min_lr from
+    then on. `constant` keeps base_lr after warmup for good: it has no decay, so min_lr plays no part."""
+    _check(kind, warmup_steps, power)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
     if kind == "constant":
         return base_lr
-    decay_steps = max(1, total_steps - warmup_steps)
+    decay_steps = max(1, total_steps - warmup_steps)  # a run no longer than its warmup ends at min_lr
     progress = min(1.0, (step - warmup_steps) / decay_steps)
     if kind == "cosine":
         factor = 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -35,12 +59,19 @@ def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_
 
 
 class LRScheduler:
-    """Sets every parameter group's lr for the coming step; state is the step counter."""
+    """Sets every parameter group's lr for the coming step, then counts it.
 
-    def __init__(self, optimizer, **schedule):
-        self.optimizer, self.schedule = optimizer, schedule
-        lr_at(0, **schedule)  # validates the kind early
-        self.step_count, self.last_lr = 0, 0.0
+    Call `step()` once before each optimizer step. The state is the step counter plus the schedule
+    it was made with (plain ints, floats and strings, so torch.load(weights_only=True) reads it)."""
+
+    def __init__(self, optimizer, *, base_lr: float, min_lr: float, warmup_steps: int, total_steps: int,
+                 kind: str, power: float = 1.0):
+        _check(kind, warmup_steps, power)  # fail at construction, not at the first step
+        self.optimizer = optimizer
+        self.schedule = dict(base_lr=base_lr, min_lr=min_lr, warmup_steps=warmup_steps, total_steps=total_steps,
+                             kind=kind, power=power)
+        self.step_count = 0
+        self.last_lr = 0.0  # the lr set by the latest step(); 0.0 before the first
 
     @property
     def total_steps(self) -> int:
@@ -48,17 +79,27 @@ class LRScheduler:
 
     @total_steps.setter
     def total_steps(self, value: int) -> None:
+        # A resume with another batch or world size has another run length; the curve follows it.
         self.schedule["total_steps"] = value
 
+    def lr(self, step: int) -> float:
+        return lr_at(step, **self.schedule)
+
     def step(self) -> float:
-        self.last_lr = lr_at(self.step_count, **self.schedule)
+        self.last_lr = self.lr(self.step_count)
         for group in self.optimizer.param_groups:
             group["lr"] = self.last_lr
         self.step_count += 1
         return self.last_lr
 
     def state_dict(self) -> dict:
-        return {"step_count": self.step_count, "last_lr": self.last_lr}
+        return {"step_count": self.step_count, "last_lr": self.last_lr, "schedule": dict(self.schedule)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.step_count, self.last_lr = state["step_count"], state["last_lr"]
+    def load_state_dict(self, state: dict) -> list:
+        """Restore the step counter; the schedule stays as constructed (a resume may change it on
+        purpose). Returns the names of schedule settings that differ from the saved ones, so a caller
+        can say so."""
+        self.step_count = int(state["step_count"])
+        self.last_lr = self.lr(self.step_count - 1) if self.step_count > 0 else 0.0
+        saved = state.get("schedule", {})  # absent in states saved before it was recorded
+        return sorted(k for k, v in saved.items() if self.schedule.get(k) != v)
