@@ -1,56 +1,100 @@
-"""Exponential moving average of the weights, kept in fp32 beside the model."""
+"""Exponential moving average of the weights, kept in fp32 beside the model.
+
+State: `state_dict()` holds only name -> fp32 tensor, under the model's own state-dict names, so a
+checkpoint's "ema" entry loads with torch.load(weights_only=True) and drops straight into
+`model.load_state_dict`. The decay and the update count live apart in `extra_state()` (plain
+float and int) for whoever wants to record them."""
 import contextlib
 
 import torch
+from torch.nn.parallel import DataParallel, DistributedDataParallel
 
 
-def unwrap(model):
-    """The plain module under DDP (.module) and torch.compile (._orig_mod) wrappers."""
-    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
-    return model
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under DDP / DataParallel (.module) and torch.compile (._orig_mod) wrappers,
+    so shadow names never carry a "module." or "_orig_mod." prefix."""
+    while True:
+        if isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _floating(model) -> dict:
+    # state_dict() gives detached views of the live parameters and persistent buffers: reading
+    # them sees the current weights and copy_ into them writes the weights in place.
+    return {k: v for k, v in unwrap(model).state_dict().items() if v.is_floating_point()}
 
 
 class EMA:
+    """shadow <- decay * shadow + (1 - decay) * weight after every optimizer step."""
+
     def __init__(self, model, decay: float = 0.999):
-        self.decay = decay
-        self.shadow = {k: v.detach().float().clone() for k, v in unwrap(model).state_dict().items()
-                       if v.is_floating_point()}
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+        self.decay, self.num_updates = float(decay), 0
+        tensors = _floating(model)
+        self.shadow, first = {}, {}
+        for name, t in tensors.items():
+            # Names that alias one tensor (tied weights) share one shadow, averaged once.
+            key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+            if key in first:
+                self.shadow[name] = self.shadow[first[key]]
+            else:
+                first[key] = name
+                self.shadow[name] = t.detach().to(dtype=torch.float32, copy=True)
+        self._unique = list(first.values())
 
     @torch.no_grad()
     def update(self, model) -> None:
-        state = unwrap(model).state_dict()
-        names = list(self.shadow)
-        shadow = [self.shadow[k] for k in names]
-        current = [state[k].detach().float() for k in names]
-        # shadow <- decay * shadow + (1 - decay) * current, in one fused pass over all tensors
+        live = _floating(model)
+        shadow = [self.shadow[k] for k in self._unique]
+        current = [live[k].float() for k in self._unique]  # a no-op for fp32 weights
+        # lerp(s, w, 1 - decay) = decay * s + (1 - decay) * w, one fused pass over every tensor
         torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
+        self.num_updates += 1
 
     def state_dict(self) -> dict:
         return dict(self.shadow)
 
     def load_state_dict(self, state: dict) -> None:
-        missing = set(self.shadow) - set(state)
-        if missing:
-            raise KeyError(f"EMA state lacks {sorted(missing)[:3]}")
-        for k in self.shadow:
-            self.shadow[k].copy_(state[k])
+        missing = sorted(set(self.shadow) - set(state))
+        unexpected = sorted(set(state) - set(self.shadow))
+        if missing or unexpected:
+            raise ValueError(f"EMA state does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        for k in self._unique:
+            if state[k].shape != self.shadow[k].shape:
+                raise ValueError(f"EMA state {k}: shape {tuple(state[k].shape)}, "
+                                 f"the model has {tuple(self.shadow[k].shape)}")
+        with torch.no_grad():
+            for k in self._unique:
+                self.shadow[k].copy_(state[k])
+
+    def extra_state(self) -> dict:
+        return {"decay": self.decay, "num_updates": self.num_updates}
+
+    def load_extra_state(self, extra: dict) -> None:
+        self.decay, self.num_updates = float(extra["decay"]), int(extra["num_updates"])
 
     @torch.no_grad()
     def copy_to(self, model) -> None:
-        state = unwrap(model).state_dict()
-        for k, v in self.shadow.items():
-            state[k].copy_(v)
+        """Overwrite the model's weights with the averages (cast to the model's dtype)."""
+        live = _floating(model)
+        for k in self._unique:
+            live[k].copy_(self.shadow[k])
 
     @contextlib.contextmanager
     def swap_into(self, model):
-        """Evaluate with the averaged weights, then put the trained weights back exactly."""
-        state = unwrap(model).state_dict()
-        saved = {k: state[k].detach().clone() for k in self.shadow}
+        """Evaluate with the averaged weights, then put the trained weights back bit for bit,
+        even when the body raises."""
+        live = _floating(model)
+        saved = {k: live[k].detach().clone() for k in self._unique}
         self.copy_to(model)
         try:
             yield model
         finally:
             with torch.no_grad():
                 for k, v in saved.items():
-                    state[k].copy_(v)
+                    live[k].copy_(v)
