@@ -1,14 +1,36 @@
 """Run metrics: metrics.jsonl always, TensorBoard and wandb when asked and available.
 
-Only rank 0 logs; the optional sinks never stop or block a run: a missing package or no network
-gives one warning line and the run goes on."""
+Only rank 0 logs (the others pass enabled=False and touch nothing). The optional sinks never stop
+or block a run: a missing package, a broken install or no network gives one warning line and the
+run goes on with metrics.jsonl alone.
+
+metrics.jsonl: one JSON object per line, exactly the keys given. Tensors and numpy scalars are
+written as plain numbers; a non-finite float is written as NaN / Infinity, which Python's json
+(and so training.plot) reads back."""
 import json
 import os
 import sys
 
+import torch
+
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
+
+
+def _brief(e: Exception) -> str:
+    """An exception as one short line: library errors often span many."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0][:100]}" if lines else type(e).__name__
+
+
+def _plain(value):
+    """A JSON-ready value: one-element tensors and numpy scalars become Python numbers."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 class MetricsLogger:
@@ -18,39 +40,51 @@ class MetricsLogger:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
+        # Append: a resumed run continues the same file (the loop trims records past the checkpoint).
         self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-            except Exception as e:  # tensorboard not installed, or broken
-                _warn(f"TensorBoard logging is off ({type(e).__name__}: {e}); pip install tensorboard")
+            self.tb = self._start_tensorboard(run_dir)
         if wandb:
             self.wandb = self._start_wandb(run_dir, wandb_project, wandb_run_name, config)
+
+    @staticmethod
+    def _start_tensorboard(run_dir):
+        try:
+            from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
+            return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        except Exception as e:
+            _warn(f"TensorBoard logging is off ({_brief(e)}); pip install tensorboard")
+            return None
 
     @staticmethod
     def _start_wandb(run_dir, project, name, config):
         try:
             import wandb
-        except ImportError:
+        except Exception:  # not installed, or an install that fails on import
             _warn("wandb logging is off: pip install wandb")
             return None
-        # Offline unless the user chose a mode: a run without network must never wait on it.
-        os.environ.setdefault("WANDB_MODE", "offline")
+        # Offline unless the user chose a mode (WANDB_MODE=online): a run on a machine without
+        # network must never wait on it. `wandb sync` uploads an offline run later.
+        kwargs = {} if os.environ.get("WANDB_MODE") else {"mode": "offline"}
         try:
-            return wandb.init(project=project or "pretrain", name=name, config=config, dir=run_dir,
-                              settings=wandb.Settings(init_timeout=30))
+            kwargs["settings"] = wandb.Settings(init_timeout=60)  # online and unreachable: give up soon
+        except Exception:
+            pass  # an older wandb without this setting
+        try:
+            return wandb.init(project=project or "pretrain", name=name, config=config, dir=run_dir, **kwargs)
         except Exception as e:
-            _warn(f"wandb logging is off ({type(e).__name__}: {str(e)[:100]})")
+            _warn(f"wandb logging is off ({_brief(e)})")
             return None
 
     def log(self, record: dict) -> None:
-        if not self.enabled:
+        if not self.enabled or self.file is None:
             return
-        # json writes NaN/Infinity for non-finite floats; Python's json reads them back.
+        record = {k: _plain(v) for k, v in record.items()}
         self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        step = record.get("step", 0)
+        self.file.flush()  # a killed run keeps every record logged so far
+        if self.tb is None and self.wandb is None:
+            return
+        step = int(record.get("step", 0))
         prefix = record.get("split", "train")
         scalars = {f"{prefix}/{k}": v for k, v in record.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
@@ -61,7 +95,7 @@ class MetricsLogger:
             try:
                 self.wandb.log(scalars, step=step)
             except Exception as e:
-                _warn(f"wandb logging stopped ({type(e).__name__})")
+                _warn(f"wandb logging stopped ({_brief(e)})")
                 self.wandb = None
 
     def close(self) -> None:
@@ -70,8 +104,16 @@ class MetricsLogger:
             self.file = None
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
         if self.wandb is not None:
             try:
                 self.wandb.finish()
-            except Exception:
-                pass
+            except Exception as e:
+                _warn(f"wandb did not finish cleanly ({type(e).__name__})")
+            self.wandb = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

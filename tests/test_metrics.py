@@ -1,0 +1,201 @@
+"""metrics.jsonl records, disabled ranks, optional sinks (present, missing, failing) and the run plot."""
+import json
+import math
+import os
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from training.metrics import MetricsLogger
+from training.plot import main as plot_main
+from training.plot import plot_run, read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _lines(path):
+    return [json.loads(l) for l in path.read_text().splitlines()]
+
+
+def test_records_are_written_flushed_and_readable(tmp_path):
+    log = MetricsLogger(str(tmp_path / "run"))
+    log.log({"split": "train", "step": 1, "loss": 2.5, "lr": 1e-3})
+    # flushed per call: readable before close
+    assert _lines(tmp_path / "run" / "metrics.jsonl") == [{"split": "train", "step": 1, "loss": 2.5, "lr": 1e-3}]
+    log.log({"split": "eval", "step": 1, "val_loss": torch.tensor(3.25), "n": np.int64(7),
+             "acc": np.float32(0.5), "bad": float("inf")})
+    log.close()
+    log.log({"split": "train", "step": 2, "loss": 1.0})  # after close: ignored, not a crash
+    text = (tmp_path / "run" / "metrics.jsonl").read_text()
+    assert '"val_loss": 3.25' in text and '"n": 7' in text and '"acc": 0.5' in text  # plain numbers
+    records = _lines(tmp_path / "run" / "metrics.jsonl")
+    assert len(records) == 2 and records[1]["split"] == "eval" and math.isinf(records[1]["bad"])
+
+
+def test_a_resumed_run_appends(tmp_path):
+    with MetricsLogger(str(tmp_path)) as log:
+        log.log({"split": "train", "step": 1, "loss": 2.0})
+    with MetricsLogger(str(tmp_path)) as log:
+        log.log({"split": "train", "step": 2, "loss": 1.5})
+    assert [r["step"] for r in _lines(tmp_path / "metrics.jsonl")] == [1, 2]
+
+
+def test_disabled_logger_creates_nothing(tmp_path):
+    log = MetricsLogger(str(tmp_path / "rank1"), enabled=False, tensorboard=True, wandb=True)
+    log.log({"split": "train", "step": 1, "loss": 1.0})
+    log.close()
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_missing_optional_sinks_warn_once_and_do_not_stop_a_run(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)                     # import wandb fails
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # and tensorboard too
+    log = MetricsLogger(str(tmp_path), tensorboard=True, wandb=True)
+    log.log({"split": "train", "step": 1, "loss": 1.0})
+    log.close()
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "TensorBoard logging is off" in err[0] and "wandb logging is off" in err[1]
+    assert _lines(tmp_path / "metrics.jsonl") == [{"split": "train", "step": 1, "loss": 1.0}]
+
+
+class _FakeWandb(types.ModuleType):
+    def __init__(self, fail_init=False):
+        super().__init__("wandb")
+        self.fail_init, self.init_kwargs, self.logged, self.finished = fail_init, None, [], False
+
+    def Settings(self, **kwargs):
+        return kwargs
+
+    def init(self, **kwargs):
+        if self.fail_init:
+            raise ConnectionError("no network\nsecond line")
+        self.init_kwargs = kwargs
+        return self
+
+    def log(self, scalars, step):
+        self.logged.append((step, scalars))
+
+    def finish(self):
+        self.finished = True
+
+
+def _fake_tensorboard(calls):
+    module = types.ModuleType("torch.utils.tensorboard")
+
+    class SummaryWriter:
+        def __init__(self, log_dir):
+            calls.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            calls.append((tag, value, step))
+
+        def close(self):
+            calls.append(("closed",))
+
+    module.SummaryWriter = SummaryWriter
+    return module
+
+
+def test_scalars_reach_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
+    calls, wandb = [], _FakeWandb()
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", _fake_tensorboard(calls))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    log = MetricsLogger(str(tmp_path), tensorboard=True, wandb=True, wandb_project="p", wandb_run_name="r",
+                        config={"train": {"lr": 0.1}})
+    log.log({"split": "train", "step": 3, "loss": 2.0, "lr": 0.1, "note": "text", "finite": True})
+    log.log({"split": "eval", "step": 3, "val_loss": 2.5})
+    log.close()
+    assert wandb.init_kwargs["mode"] == "offline"  # never waits on a network by default
+    assert {k: wandb.init_kwargs[k] for k in ("project", "name", "config", "dir")} == \
+        {"project": "p", "name": "r", "config": {"train": {"lr": 0.1}}, "dir": str(tmp_path)}
+    assert wandb.logged == [(3, {"train/loss": 2.0, "train/lr": 0.1}), (3, {"eval/val_loss": 2.5})]
+    assert wandb.finished
+    assert calls == [("dir", os.path.join(str(tmp_path), "tensorboard")), ("train/loss", 2.0, 3),
+                     ("train/lr", 0.1, 3), ("eval/val_loss", 2.5, 3), ("closed",)]
+
+
+def test_wandb_mode_from_the_environment_wins(tmp_path, monkeypatch):
+    wandb = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setenv("WANDB_MODE", "online")
+    MetricsLogger(str(tmp_path), wandb=True).close()
+    assert "mode" not in wandb.init_kwargs  # wandb reads WANDB_MODE itself
+
+
+def test_failing_wandb_init_is_one_warning_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", _FakeWandb(fail_init=True))
+    log = MetricsLogger(str(tmp_path), wandb=True)
+    log.log({"split": "train", "step": 1, "loss": 1.0})
+    log.close()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: wandb logging is off (ConnectionError: no network")
+    assert len(_lines(tmp_path / "metrics.jsonl")) == 1
+
+
+def _synthetic_run(run_dir, n=30):
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
+        for s in range(1, n + 1):
+            f.write(json.dumps({"split": "train", "step": s, "loss": 5 - s / 10, "lr": 1e-3 * min(1, s / 5)}) + "\n")
+            if s % 10 == 0:
+                f.write(json.dumps({"split": "eval", "step": s, "val_loss": 5.2 - s / 10, "val_bpb": 2.0}) + "\n")
+        f.write('{"split": "train", "step": 31, "lo')  # a line cut short by a kill
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    run = str(tmp_path / "run")
+    _synthetic_run(run)
+    assert len(read_metrics(run)) == 33  # the cut line is skipped
+    path = plot_run(run)
+    assert path == os.path.join(run, "training_curves.png")
+    with open(path, "rb") as f:
+        data = f.read()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (800, 600)  # 8 x 6 inches at 100 dpi
+
+
+def test_plot_without_matplotlib_returns_none(tmp_path, monkeypatch, capsys):
+    _synthetic_run(str(tmp_path))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    assert plot_run(str(tmp_path)) is None
+    assert capsys.readouterr().out == "info: no training_curves.png: matplotlib is not installed (pip install matplotlib)\n"
+    assert plot_main([str(tmp_path)]) == 1
+    assert not (tmp_path / "training_curves.png").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "training.plot", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_plot_cli(tmp_path):
+    pytest.importorskip("matplotlib")
+    _synthetic_run(str(tmp_path / "run"))
+    ok = _cli(str(tmp_path / "run"))
+    assert ok.returncode == 0 and ok.stdout == os.path.join(str(tmp_path / "run"), "training_curves.png") + "\n"
+    assert os.path.getsize(ok.stdout.strip()) > 0
+    missing = _cli(str(tmp_path / "missing"))
+    assert missing.returncode == 2 and missing.stdout == "" and missing.stderr.count("\n") == 1
+    assert "is not a directory" in missing.stderr
+
+
+@pytest.mark.parametrize("setup, message", [
+    (None, "is not a directory"),
+    ("", "has no metrics.jsonl"),
+    ('{"split": "eval", "step": 1, "val_bpb": 2.0}\n', "holds no loss records yet"),
+])
+def test_plot_cli_errors_are_one_line_and_exit_2(tmp_path, capsys, setup, message):
+    run = tmp_path / "run"
+    if setup is not None:
+        run.mkdir()
+        if setup:
+            (run / "metrics.jsonl").write_text(setup)
+    assert plot_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
