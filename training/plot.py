@@ -1,65 +1,102 @@
-"""Draw a run's curves (train/validation loss and learning rate against step) to a PNG.
+"""Draw a run's curves (train and validation loss, learning rate, against step) to a PNG.
 
-    python -m training.plot out/<run>
-"""
+    python -m training.plot out/<run>      # prints the PNG's path
+
+Exit codes: 0 drawn, 1 matplotlib is not installed, 2 no run directory or nothing to draw."""
 import json
 import os
 import sys
 
+PNG_NAME = "training_curves.png"
+
 
 def read_metrics(run_dir: str) -> list:
+    """The records of run_dir/metrics.jsonl; [] when there is none."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return []
     records = []
-    with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except ValueError:
                 continue  # a line cut short by a kill
+            if isinstance(record, dict) and isinstance(record.get("step"), (int, float)):
+                records.append(record)
     return records
 
 
+def _series(records, split, key):
+    points = [(r["step"], r[key]) for r in records if r.get("split", "train") == split
+              and isinstance(r.get(key), (int, float))]
+    return [s for s, _ in points], [v for _, v in points]
+
+
 def plot_run(run_dir: str):
-    """Write run_dir/training_curves.png; None (after one line) when matplotlib is not installed."""
+    """Write run_dir/training_curves.png and return its path. None, after one line, when
+    matplotlib is not installed or the run has nothing to draw (so the end of a run never fails here)."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # A bare Figure on the Agg canvas: no display, and no change to pyplot's global backend
+        # for a caller (a notebook) that has its own.
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
-        print("info: pip install matplotlib to get training_curves.png")
+        print("info: no training_curves.png: matplotlib is not installed (pip install matplotlib)")
         return None
     records = read_metrics(run_dir)
-    train = [r for r in records if r.get("split") == "train"]
-    evals = [r for r in records if r.get("split") == "eval" and "val_loss" in r]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, height_ratios=(3, 1))
-    ax_loss.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
-    if evals:
-        ax_loss.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="validation loss")
+    train_steps, train_loss = _series(records, "train", "loss")
+    eval_steps, eval_loss = _series(records, "eval", "val_loss")
+    lr_steps, lr = _series(records, "train", "lr")
+    if not (train_steps or eval_steps):
+        print(f"info: no training_curves.png: {run_dir} has no loss records in metrics.jsonl")
+        return None
+    fig = Figure(figsize=(8, 6))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    if train_steps:
+        ax_loss.plot(train_steps, train_loss, lw=1, label="train loss")
+    if eval_steps:
+        ax_loss.plot(eval_steps, eval_loss, "o-", label="validation loss")
     ax_loss.set_ylabel("loss (nats/token)")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    ax_lr.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:green")
+    ax_lr.plot(lr_steps, lr, color="tab:green")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
-    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.suptitle(os.path.basename(os.path.normpath(os.path.abspath(run_dir))))
     fig.tight_layout()
-    path = os.path.join(run_dir, "training_curves.png")
+    path = os.path.join(run_dir, PNG_NAME)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path
 
 
+def _has_losses(records) -> bool:
+    return any(_series(records, split, key)[0] for split, key in (("train", "loss"), ("eval", "val_loss")))
+
+
 def main(argv) -> int:
+    if argv in (["-h"], ["--help"]):
+        print(__doc__.strip())
+        return 0
     if len(argv) != 1:
         print("usage: python -m training.plot out/<run>", file=sys.stderr)
         return 2
     run_dir = argv[0]
+    if not os.path.isdir(run_dir):
+        print(f"error: {run_dir} is not a directory (expected a run directory such as out/<run>)", file=sys.stderr)
+        return 2
     if not os.path.isfile(os.path.join(run_dir, "metrics.jsonl")):
         print(f"error: {run_dir} has no metrics.jsonl (is it a run directory?)", file=sys.stderr)
         return 2
+    if not _has_losses(read_metrics(run_dir)):
+        print(f"error: {run_dir}/metrics.jsonl holds no loss records yet", file=sys.stderr)
+        return 2
     path = plot_run(run_dir)
-    if path:
-        print(path)
+    if path is None:  # matplotlib is missing; plot_run said so
+        return 1
+    print(path)
     return 0
 
 
