@@ -15,8 +15,14 @@ import sys
 
 from data.errors import DataError
 
-# A scene starts at "Scene II." / "SCENE 2." (optionally after the "ACT II." line that opens it).
-SCENE_START = re.compile(r"^(?:ACT [IVXL]+\.?[^\n]*\n\s*)?(?:SCENE|Scene) (?:[IVXL]+|\d+)\.", re.MULTILINE)
+# Headings at the start of a line: "ACT II." / "Act 1." / "ACT FIRST", and "SCENE 2." / "Scene IV" (not the
+# "SCENE: Verona" line of the front matter, which names the setting).
+ACT = r"(?:ACT|Act) (?:[IVXL]+|\d+|FIRST|SECOND|THIRD|FOURTH|FIFTH)\b"
+SCENE = r"(?:SCENE|Scene) (?:[IVXL]+|\d+)\b"
+HEADING = re.compile(rf"^(?:{ACT}|{SCENE})[^\n]*", re.MULTILINE)
+# Project Gutenberg's licence text, where a file carries it, lies outside these markers.
+GUTENBERG_START = re.compile(r"^\*\*\* ?START OF (?:THE|THIS) PROJECT GUTENBERG[^\n]*\n", re.MULTILINE)
+GUTENBERG_END = re.compile(r"^\*\*\* ?END OF (?:THE|THIS) PROJECT GUTENBERG", re.MULTILINE)
 
 
 def plays_dir() -> str:
@@ -26,9 +32,24 @@ def plays_dir() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "texts")
 
 
+def strip_gutenberg(text: str) -> str:
+    """The play alone, without a Project Gutenberg header or licence footer if the file has them."""
+    start = GUTENBERG_START.search(text)
+    if start:
+        text = text[start.end():]
+    end = GUTENBERG_END.search(text)
+    return text[:end.start()] if end else text
+
+
 def split_scenes(text: str) -> list:
-    """The play's front matter (title, persons) and then one string per scene."""
-    starts = [m.start() for m in SCENE_START.finditer(text)]
+    """The play's front matter (title, persons) and then one string per scene. An act heading opens
+    the scene under it (or the prologue that follows it), so no scene ends with the next act's title."""
+    starts, after_act = [], None
+    for m in HEADING.finditer(text):
+        if after_act is None or text[after_act:m.start()].strip():
+            starts.append(m.start())
+        act_only = re.match(ACT, m.group(0)) and not re.search(SCENE, m.group(0))
+        after_act = m.end() if act_only else None
     bounds = [0] + starts + [len(text)]
     parts = [text[a:b].strip() for a, b in zip(bounds, bounds[1:])]
     return [p for p in parts if p]
@@ -46,7 +67,7 @@ def build_sample_corpus(path: str = "dataset/sample.jsonl") -> str:
     with open(tmp, "w", encoding="utf-8") as out:
         for file in files:
             with open(file, encoding="utf-8", errors="replace") as f:
-                text = f.read().replace("\r\n", "\n")
+                text = strip_gutenberg(f.read().replace("\r\n", "\n"))
             play = os.path.basename(file)[: -len("_gut.txt")]
             for i, scene in enumerate(split_scenes(text)):
                 out.write(json.dumps({"text": scene, "play": play, "part": i}, ensure_ascii=False) + "\n")
