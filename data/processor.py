@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -44,6 +46,32 @@ def is_validation(doc_index: int, seed: int, val_ratio: float) -> bool:
     over the whole corpus and stable across runs and chunk sizes."""
     h = hashlib.blake2b(f"{seed}:{doc_index}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < val_ratio
+
+
+@dataclass
+class Chunk:
+    texts: list = field(default_factory=list)
+    text_bytes: int = 0
+    read: int = 0                                 # lines consumed, rejected ones included
+    rejected: dict = field(default_factory=dict)
+    end: tuple = (0, 0)                           # (file index, byte offset) after the last line
+
+
+def _totals(stats) -> tuple:
+    """(tokens, text bytes) written so far, both splits together."""
+    splits = stats["splits"].values()
+    return sum(s["tokens"] for s in splits), sum(s["text_bytes"] for s in splits)
+
+
+def _summarize(stats: dict) -> dict:
+    """The statistics as reported: the accumulators plus the mean, and the histogram as a list
+    in size order (JSON would sort its string keys as text)."""
+    out = json.loads(json.dumps(stats))
+    tpd = out["tokens_per_document"]
+    tpd["mean"] = round(tpd["sum"] / out["documents_kept"], 3) if out["documents_kept"] else 0
+    tpd["log2_histogram"] = [{"up_to_tokens": int(k), "documents": v}
+                             for k, v in sorted(tpd["log2_histogram"].items(), key=lambda kv: int(kv[0]))]
+    return out
 
 
 def _fresh_stats() -> dict:
@@ -96,10 +124,14 @@ class DataProcessor:
         root, _ = os.path.splitext(output_path)
         val = os.path.join(os.path.dirname(output_path), "val.bin") if os.path.basename(root) == "train" \
             else root + ".val.bin"
-        return {"train": output_path, "val": val, "stats": root + ".stats.json", "progress": output_path + ".progress.json"}
+        return {"train": output_path, "val": val, "stats": root + ".stats.json", "run_log": root + ".run.json",
+                "progress": output_path + ".progress.json"}
 
     def _signature(self, files) -> dict:
-        return {"format": FORMAT_VERSION, "inputs": [[os.path.abspath(f), os.path.getsize(f)] for f in files],
+        """What the output depends on. Inputs are named by path, size and modification time: a corpus
+        edited in place is processed again (and never resumed into a half-old output)."""
+        inputs = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+        return {"format": FORMAT_VERSION, "inputs": inputs,
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
                 "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length}
 
@@ -121,6 +153,8 @@ class DataProcessor:
         if resume and self.is_complete(files, output_path):
             with open(paths["stats"], encoding="utf-8") as f:
                 self.stats = json.load(f)["statistics"]
+            if os.path.exists(paths["progress"]):  # killed after the last sidecar, before this cleanup
+                os.remove(paths["progress"])
             return paths
         state = self._load_progress(paths, signature) if resume else None
         if state is None:
@@ -128,16 +162,18 @@ class DataProcessor:
             state = {"signature": signature, "phase": "tokenize", "file_index": 0, "offset": 0,
                      "lengths": {s: [0, 8] for s in SPLITS}, "stats": _fresh_stats()}
         self.stats = state["stats"]
+        tokens_before, bytes_before = _totals(self.stats)
         started = time.perf_counter()
         if state["phase"] == "tokenize":
             self._tokenize(files, paths, state)
         self._finalize(paths, state)
-        elapsed = time.perf_counter() - started
-        total_bytes = sum(s["text_bytes"] for s in self.stats["splits"].values())
-        total_tokens = sum(s["tokens"] for s in self.stats["splits"].values())
-        self.timing = {"seconds": round(elapsed, 3), "tokens_per_second": round(total_tokens / max(elapsed, 1e-9)),
-                       "megabytes_per_second": round(total_bytes / 1e6 / max(elapsed, 1e-9), 2),
-                       "resumed_from_offset": state.get("resumed_at", 0)}
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        tokens, text_bytes = (a - b for a, b in zip(_totals(self.stats), (tokens_before, bytes_before)))
+        # Throughput of this run only (a resumed run counts what it did itself).
+        self.timing = {"seconds": round(elapsed, 3), "tokens": tokens, "tokens_per_second": round(tokens / elapsed),
+                       "megabytes_per_second": round(text_bytes / 1e6 / elapsed, 2),
+                       "resumed_from": [state.get("resumed_file", 0), state.get("resumed_at", 0)]}
+        self.save_statistics(paths["run_log"])
         return paths
 
     def _load_progress(self, paths, signature):
@@ -148,7 +184,7 @@ class DataProcessor:
             return None
         if state.get("signature") != signature:
             return None  # other inputs or settings: start over rather than mix
-        state["resumed_at"] = state["offset"]
+        state["resumed_file"], state["resumed_at"] = state["file_index"], state["offset"]
         return state
 
     def _clear(self, paths) -> None:
@@ -158,7 +194,7 @@ class DataProcessor:
                       paths[split] + ".partial", idx_path(paths[split]) + ".partial"):
                 if os.path.exists(p):
                     os.remove(p)
-        for p in (paths["stats"], paths["progress"]):
+        for p in (paths["stats"], paths["run_log"], paths["progress"]):
             if os.path.exists(p):
                 os.remove(p)
 
@@ -178,39 +214,50 @@ class DataProcessor:
             handles[split] = files
         return handles
 
+    def _read_chunks(self, files, state, bar):
+        """Valid texts in chunks of at most chunk_size documents / chunk_bytes of text, each with
+        the input position after its last line and the counts of the lines it consumed (rejected
+        ones included), so that a commit after the chunk is an exact resume point. A chunk never
+        spans two files."""
+        for file_index in range(state["file_index"], len(files)):
+            start = state["offset"] if file_index == state["file_index"] else 0
+            chunk, last = Chunk(), start
+            for raw, offset in iter_lines(files[file_index], start):
+                bar.update(offset - last)
+                last = offset
+                chunk.read += 1
+                text, reason = parse_line(raw, self.text_field, self.max_length)
+                if reason:
+                    chunk.rejected[reason] = chunk.rejected.get(reason, 0) + 1
+                else:
+                    chunk.texts.append(text)
+                    chunk.text_bytes += len(raw)
+                if len(chunk.texts) >= self.chunk_size or chunk.text_bytes >= self.chunk_bytes:
+                    chunk.end = (file_index, offset)
+                    yield chunk
+                    chunk = Chunk()
+            if chunk.read:
+                chunk.end = (file_index, last)
+                yield chunk
+
     def _tokenize(self, files, paths, state) -> None:
+        """Read and validate the next chunk while a worker thread tokenizes the previous one (the
+        tokenizer releases the GIL), then write and commit chunks strictly in input order."""
         handles = self._open_partials(paths, state)
-        dtype = token_dtype(self.tokenizer.vocab_size)
-        stats, buffer, buffered_bytes, since_commit = state["stats"], [], 0, 0
         total = sum(os.path.getsize(f) for f in files)
         done_before = sum(os.path.getsize(f) for f in files[:state["file_index"]]) + state["offset"]
         bar = tqdm(total=total, initial=done_before, unit="B", unit_scale=True, desc="processing",
                    disable=not self.show_progress)
+        since_commit, pending = 0, None
         try:
-            for file_index in range(state["file_index"], len(files)):
-                start = state["offset"] if file_index == state["file_index"] else 0
-                last = start
-                for raw, offset in iter_lines(files[file_index], start):
-                    bar.update(offset - last)
-                    last = offset
-                    stats["documents_read"] += 1
-                    text, reason = parse_line(raw, self.text_field, self.max_length)
-                    if reason:
-                        stats["rejected"][reason] += 1
-                    else:
-                        buffer.append(text)
-                        buffered_bytes += len(raw)
-                    if len(buffer) >= self.chunk_size or buffered_bytes >= self.chunk_bytes:
-                        since_commit += len(buffer)
-                        self._write_chunk(buffer, handles, dtype, stats)
-                        buffer, buffered_bytes = [], 0
-                        if since_commit >= self.save_interval:
-                            self._commit(paths, state, handles, file_index, offset)
-                            since_commit = 0
-                if buffer:  # end of a file: the chunk never spans files, so the offset stays simple
-                    self._write_chunk(buffer, handles, dtype, stats)
-                    buffer, buffered_bytes = [], 0
-                self._commit(paths, state, handles, file_index + 1, 0)
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                for chunk in self._read_chunks(files, state, bar):
+                    encoded = pool.submit(self.tokenizer.encode_batch, chunk.texts)
+                    if pending:
+                        since_commit = self._store(*pending, paths, state, handles, since_commit)
+                    pending = (chunk, encoded)
+                if pending:
+                    self._store(*pending, paths, state, handles, since_commit=-1)
         finally:
             bar.close()
             for pair in handles.values():
@@ -219,10 +266,25 @@ class DataProcessor:
         state["phase"] = "finalize"
         write_json_atomic(paths["progress"], state)
 
-    def _write_chunk(self, texts, handles, dtype, stats) -> None:
-        eos = self.tokenizer.eos_id
-        per_split = {s: ([], []) for s in SPLITS}
-        for text, ids in zip(texts, self.tokenizer.encode_batch(texts)):
+    def _store(self, chunk, encoded, paths, state, handles, since_commit: int) -> int:
+        """Append one tokenized chunk and commit when save_interval documents have piled up (and
+        always after the last chunk: since_commit < 0). Returns the documents not yet committed."""
+        stats = state["stats"]
+        stats["documents_read"] += chunk.read
+        for reason, n in chunk.rejected.items():
+            stats["rejected"][reason] += n
+        self._write_chunk(chunk.texts, encoded.result(), handles, stats)
+        if since_commit < 0 or since_commit + len(chunk.texts) >= self.save_interval:
+            self._commit(paths, state, handles, *chunk.end)
+            return 0
+        return since_commit + len(chunk.texts)
+
+    def _write_chunk(self, texts, encoded, handles, stats) -> None:
+        dtype, eos = token_dtype(self.tokenizer.vocab_size), self.tokenizer.eos_id
+        tokens = {s: [] for s in SPLITS}   # one flat list per split: one array conversion per chunk
+        ends = {s: [] for s in SPLITS}
+        tpd = stats["tokens_per_document"]
+        for text, ids in zip(texts, encoded):
             split = "val" if is_validation(stats["documents_kept"], self.seed, self.val_ratio) else "train"
             stats["documents_kept"] += 1
             n = len(ids) + 1
@@ -231,18 +293,18 @@ class DataProcessor:
             s["tokens"] += n
             s["characters"] += len(text)
             s["text_bytes"] += len(text.encode("utf-8"))
-            tpd = stats["tokens_per_document"]
             tpd["min"] = n if tpd["min"] is None else min(tpd["min"], n)
             tpd["max"], tpd["sum"] = max(tpd["max"], n), tpd["sum"] + n
             bucket = str(1 << (n - 1).bit_length())  # documents of up to this many tokens
             tpd["log2_histogram"][bucket] = tpd["log2_histogram"].get(bucket, 0) + 1
-            per_split[split][0].append(np.asarray(ids + [eos], dtype=dtype))
-            per_split[split][1].append(s["tokens"])
-        for split, (arrays, ends) in per_split.items():
-            if arrays:
+            tokens[split] += ids
+            tokens[split].append(eos)
+            ends[split].append(s["tokens"])
+        for split in SPLITS:
+            if ends[split]:
                 bin_f, idx_f = handles[split]
-                bin_f.write(np.concatenate(arrays).tobytes())
-                idx_f.write(np.asarray(ends, dtype="<u8").tobytes())
+                bin_f.write(np.array(tokens[split], dtype=dtype).tobytes())
+                idx_f.write(np.array(ends[split], dtype="<u8").tobytes())
         _fault("chunk_written")
 
     def _commit(self, paths, state, handles, file_index, offset) -> None:
@@ -258,10 +320,7 @@ class DataProcessor:
 
     def _finalize(self, paths, state) -> None:
         """Each step is safe to repeat, so a kill anywhere in here is finished by the next run."""
-        stats = state["stats"]
-        tpd = stats["tokens_per_document"]
-        tpd["mean"] = round(tpd["sum"] / stats["documents_kept"], 3) if stats["documents_kept"] else 0
-        tpd["log2_histogram"] = dict(sorted(tpd["log2_histogram"].items(), key=lambda kv: int(kv[0])))
+        stats = _summarize(state["stats"])
         write_json_atomic(paths["stats"], {"statistics": stats, "signature": state["signature"]})
         _fault("finalize_stats")
         for split in SPLITS:

@@ -75,8 +75,15 @@ def test_output_format_meta_and_stats(tok, tmp_path):
     assert np.array_equal(raw, np.asarray(train.tokens))
     assert (raw == tokenizer.eos_id).sum() == train.meta["n_docs"]
     stats = json.load(open(paths["stats"]))["statistics"]
+    lengths = np.concatenate([np.diff(train.doc_offsets()), np.diff(val.doc_offsets())])  # eos included
     tpd = stats["tokens_per_document"]
-    assert tpd["min"] <= tpd["mean"] <= tpd["max"] and sum(tpd["log2_histogram"].values()) == 400
+    assert (tpd["min"], tpd["max"], tpd["mean"]) == (lengths.min(), lengths.max(), round(lengths.mean(), 3))
+    bounds = [h["up_to_tokens"] for h in tpd["log2_histogram"]]
+    assert bounds == sorted(bounds) and sum(h["documents"] for h in tpd["log2_histogram"]) == 400
+    assert stats["splits"]["train"]["text_bytes"] == train.meta["n_text_bytes"] > 0
+    assert "timing" not in json.load(open(paths["stats"]))    # timing lives in the run log only
+    timing = json.load(open(paths["run_log"]))["timing"]
+    assert timing["tokens"] == train.meta["n_tokens"] + val.meta["n_tokens"] and timing["tokens_per_second"] > 0
     assert stats["splits"]["train"]["tokens"] == train.meta["n_tokens"]
     # The split does not depend on chunking.
     other = DataProcessor(str(root / "tokenizer.json"), val_ratio=0.1, chunk_size=7, show_progress=False)
