@@ -4,6 +4,29 @@ import torch.nn.functional as F
 from torch import nn
 
 
+class _RMSNormFunction(torch.autograd.Function):
+    """fp32 RMSNorm with a hand-written backward: about a quarter faster than autograd through
+    F.rms_norm's decomposition on CPU, which keeps several full-size intermediates."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().div_(x.shape[-1])
+        rstd = mean_square.add_(eps).rsqrt_()
+        ctx.save_for_backward(x, weight, rstd)
+        return x * rstd * weight
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, rstd = ctx.saved_tensors
+        grad_normed = grad * weight
+        normed = x * rstd
+        # d/dx of x * rstd: rstd * (g - normed * mean(g * normed)) per row.
+        dot = torch.linalg.vecdot(grad_normed, normed).unsqueeze(-1).div_(x.shape[-1])
+        grad_x = torch.addcmul(grad_normed, normed, dot, value=-1.0).mul_(rstd)
+        grad_weight = (grad * normed).flatten(0, -2).sum(0)
+        return grad_x, grad_weight, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
@@ -12,7 +35,9 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # one fused op
+            if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
+                return _RMSNormFunction.apply(x, self.weight, self.eps)
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # GPUs get a fused kernel
         # Low-precision activations: normalise in fp32 (a bf16 mean of squares drifts).
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -21,19 +46,24 @@ class RMSNorm(nn.Module):
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding in the split-halves convention (channel i of a head pairs with
-    channel i + head_dim/2), the layout Llama checkpoints use. Tables hold one cos/sin per pair."""
+    channel i + head_dim/2), the layout Llama checkpoints use."""
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
         super().__init__()
         self.max_seq_len = max_seq_len
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float64), inv_freq)
+        # Full-width tables, sin with the rotation's sign built in: rotating is then two contiguous
+        # element-wise passes (x * cos + swap_halves(x) * sin); per-half ops on strided views are
+        # several times slower on CPU.
+        signed_sin = torch.cat([-angles.sin(), angles.sin()], dim=-1)
+        angles = torch.cat([angles, angles], dim=-1)
         self.register_buffer("cos", angles.cos().float(), persistent=False)
-        self.register_buffer("sin", angles.sin().float(), persistent=False)
+        self.register_buffer("sin", signed_sin.float(), persistent=False)
 
     def tables(self, positions: torch.Tensor, dtype=None, checked: bool = False):
         """cos/sin for positions [B, T] (or [T]), shaped to broadcast over the heads of a
-        [B, T, H, D] tensor's half channels: [B, T, 1, D/2] (or [T, 1, D/2]).
+        [B, T, H, D] tensor: [B, T, 1, D] (or [T, 1, D]).
         checked: the caller already knows every position is below max_seq_len (saves a sync)."""
         if not checked and int(positions.max()) >= self.max_seq_len:
             raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.max_seq_len}")
@@ -45,21 +75,20 @@ class RotaryEmbedding(nn.Module):
 
 def rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
                 inverse: bool = False) -> torch.Tensor:
-    """Rotate each (x[i], x[i + D/2]) pair of x [..., D] by its angle (by minus it when inverse),
-    writing into out. Working on the two halves in place avoids the copy a rotate_half would make."""
+    """Rotate each (x[i], x[i + D/2]) pair of x [..., D] by its angle (by minus it when inverse,
+    which is also the rotation's gradient), writing into out. sin is the signed table."""
     if cos.dtype != x.dtype:  # autocast: q/k arrive in bf16/fp16
         cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    half = x.shape[-1] // 2
-    x1, x2, o1, o2 = x[..., :half], x[..., half:], out[..., :half], out[..., half:]
-    sign = -1.0 if inverse else 1.0
-    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-sign)
-    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=sign)
-    return out
+    swapped = x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2)  # [x2, x1]
+    torch.mul(x, cos, out=out)
+    return out.addcmul_(swapped, sin, value=-1.0 if inverse else 1.0)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [..., D] rotated in the split-halves convention, as a new tensor."""
-    return rotate_into(x, cos, sin, torch.empty_like(x))
+    """x [..., D] rotated in the split-halves convention, as a new (differentiable) tensor."""
+    if cos.dtype != x.dtype:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.addcmul(x * cos, x.unflatten(-1, (2, x.shape[-1] // 2)).flip(-2).flatten(-2), sin)
 
 
 class _SiluGate(torch.autograd.Function):
