@@ -1,4 +1,4 @@
-"""Causal windows, masked-LM masking statistics, and the sample order across ranks and resumes."""
+"""Causal and masked windows over a token file, and the sample order across ranks and resumes."""
 import numpy as np
 import pytest
 import torch
@@ -20,42 +20,6 @@ def test_causal_windows_shift_by_one():
     assert len(w) == 12                                        # (100 - 1) // 8
     x, y = w[2]
     assert x.tolist() == list(range(16, 24)) and y.tolist() == list(range(17, 25)) and x.dtype == torch.int64
-
-
-def test_masking_rates_and_special_tokens():
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(5, VOCAB, (400, 512), generator=g)
-    ids[:, ::16] = 2                                           # separators (eos) throughout
-    ids[:, 1::37] = 0
-    masker = MLMMasker(mask_id=4, special_ids=SPECIAL, vocab_size=VOCAB)
-    inputs, labels = masker(ids, g)
-    chosen = labels != -100
-    eligible = ~torch.isin(ids, torch.tensor(SPECIAL))
-    rate = chosen.sum().item() / eligible.sum().item()
-    assert abs(rate - 0.15) < 0.005
-    n = chosen.sum().item()
-    as_mask = (inputs[chosen] == 4).sum().item() / n
-    unchanged = (inputs[chosen] == ids[chosen]).sum().item() / n
-    randomised = 1 - as_mask - unchanged
-    # a random replacement can coincide with the original token (1 in 995): within tolerance
-    assert abs(as_mask - 0.8) < 0.01 and abs(unchanged - 0.1) < 0.01 and abs(randomised - 0.1) < 0.01
-    assert not torch.isin(ids[chosen], torch.tensor(SPECIAL)).any()           # specials never chosen
-    replaced = chosen & (inputs != ids) & (inputs != 4)
-    assert not torch.isin(inputs[replaced], torch.tensor(SPECIAL)).any()      # nor drawn as replacements
-    assert torch.equal(inputs[~chosen], ids[~chosen]) and (labels[chosen] == ids[chosen]).all()
-
-
-def test_masking_is_configurable_and_seeded():
-    ids = torch.randint(5, VOCAB, (50, 256))
-    all_mask = MLMMasker(4, SPECIAL, VOCAB, mask_rate=0.4, mask_token_frac=1.0, random_token_frac=0.0)
-    inputs, labels = all_mask(ids, torch.Generator().manual_seed(1))
-    chosen = labels != -100
-    assert abs(chosen.float().mean().item() - 0.4) < 0.01 and (inputs[chosen] == 4).all()
-    a = all_mask(ids, torch.Generator().manual_seed(7))
-    b = all_mask(ids, torch.Generator().manual_seed(7))
-    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
-    with pytest.raises(ValueError):
-        MLMMasker(4, SPECIAL, VOCAB, mask_token_frac=0.9, random_token_frac=0.2)
 
 
 def test_masked_windows_draw_fresh_masks():
