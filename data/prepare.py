@@ -44,12 +44,8 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
         tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field)
     processor = DataProcessor(tokenizer_path, max_length=max_length, chunk_size=chunk_size, text_field=text_field,
                               val_ratio=val_ratio, seed=seed)
-    train_bin = os.path.join(out_dir, "train.bin")
-    if resume and processor.is_complete(files, train_bin):
-        paths = processor.output_paths(train_bin)
-    else:
-        os.makedirs(out_dir, exist_ok=True)
-        paths = processor.process_dataset(files, train_bin, resume=resume)
+    paths = processor.process_dataset(files, os.path.join(out_dir, "train.bin"), resume=resume)
+    if not processor.reused:
         _print_summary(processor, paths)
     return {"train_bin": paths["train"], "val_bin": paths["val"], "tokenizer": tokenizer_path,
             "stats": paths["stats"]}

@@ -99,6 +99,7 @@ class DataProcessor:
         self.show_progress = show_progress
         self.stats = _fresh_stats()
         self.timing = {}
+        self.reused = False  # whether the last process_dataset found its output complete and kept it
 
     # ---- validation only --------------------------------------------------------------------
     def validate_and_clean_jsonl(self, input_path, output_path: str) -> dict:
@@ -150,7 +151,8 @@ class DataProcessor:
         paths = self.output_paths(output_path)
         os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
         signature = self._signature(files)
-        if resume and self.is_complete(files, output_path):
+        self.reused = resume and self.is_complete(files, output_path)
+        if self.reused:
             with open(paths["stats"], encoding="utf-8") as f:
                 self.stats = json.load(f)["statistics"]
             if os.path.exists(paths["progress"]):  # killed after the last sidecar, before this cleanup
@@ -336,6 +338,7 @@ class DataProcessor:
                 "n_text_bytes": s["text_bytes"], "n_characters": s["characters"],
                 "vocab_size": self.tokenizer.vocab_size, "eos_id": self.tokenizer.eos_id, "split": split,
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "signature": state["signature"]})
+            _fault("finalize_meta")
         if os.path.exists(paths["progress"]):
             os.remove(paths["progress"])
         self.stats = stats
