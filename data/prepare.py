@@ -7,7 +7,7 @@ import os
 import time
 
 from data.jsonl import expand_inputs
-from data.processor import DataProcessor
+from data.processor import DataProcessor, check_settings
 from data.tokenizer import load_tokenizer, train_tokenizer
 
 
@@ -38,6 +38,7 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
                    tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
                    max_length: int = 10_000_000) -> dict:
     files = expand_inputs(inputs)
+    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length)
     if tokenizer_path:
         load_tokenizer(tokenizer_path)  # fail early with its own message
     else:
@@ -61,8 +62,13 @@ def _print_summary(processor, paths) -> None:
           f"({t.get('tokens_per_second', 0):,} tokens/s) -> {paths['train']}, {paths['val']}")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of the usage block, like every other error here
+        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m data.processor",
+    p = _OneLineParser(prog="python -m data.processor",
                                 description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
     p.add_argument("inputs", nargs="+", help="JSONL files or globs")
     p.add_argument("--out_dir", required=True, help="where tokenizer.json, train.bin, val.bin and stats go")

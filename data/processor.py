@@ -57,6 +57,16 @@ class Chunk:
     end: tuple = (0, 0)                           # (file index, byte offset) after the last line
 
 
+def check_settings(chunk_size: int, val_ratio: float, max_length: int) -> None:
+    """Refuse impossible settings before any work (prepare_corpus calls this before training a tokenizer)."""
+    if chunk_size < 1:
+        raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
+    if not 0 <= val_ratio < 1:
+        raise DataError(f"val_ratio must be in [0, 1), got {val_ratio}")
+    if max_length < 1:
+        raise DataError(f"max_length must be at least 1 character, got {max_length}")
+
+
 def _totals(stats) -> tuple:
     """(tokens, text bytes) written so far, both splits together."""
     splits = stats["splits"].values()
@@ -87,10 +97,7 @@ class DataProcessor:
         """max_length: longest document kept, in characters; chunk_size: most documents tokenized
         per batch; chunk_bytes: most text per batch (memory follows the batch, not the corpus);
         save_interval: documents between durable progress commits (0: every chunk)."""
-        if chunk_size < 1:
-            raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
-        if not 0 <= val_ratio < 1:
-            raise DataError(f"val_ratio must be in [0, 1), got {val_ratio}")
+        check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length)
         self.tokenizer_path = tokenizer_path
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.max_length, self.chunk_size, self.save_interval = max_length, chunk_size, save_interval

@@ -92,7 +92,13 @@ def _alphabet() -> list:
     return [chars[b] for b in range(256)]
 
 
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens, before any merge
+
+
 def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text") -> Tokenizer:
+    if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
+        raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
+                        f"tokens), got {vocab_size}")
     backend = BackendTokenizer(models.BPE(unk_token=None, byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()

@@ -125,3 +125,17 @@ def test_cli_missing_input_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "nope.jsonl"), "--out_dir",
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: input file not found: {tmp_path / 'nope.jsonl'}"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--val_ratio", "1.5"], "error: val_ratio must be in [0, 1), got 1.5"),
+    (["--chunk_size", "0"], "error: chunk_size must be at least 1, got 0"),
+    (["--vocab_size", "100"], "error: vocab_size must be at least 261 (256 bytes + 5 special tokens), got 100"),
+    (["--bogus"], "error: unrecognized arguments: --bogus; see python -m data.processor --help"),
+])
+def test_cli_bad_settings_are_one_line_exit_2_before_any_work(tmp_path, args, message):
+    corpus = write_docs(tmp_path / "c.jsonl", n=5)
+    proc = subprocess.run([sys.executable, "-m", "data.processor", corpus, "--out_dir", str(tmp_path / "o")] + args,
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip() == message
+    assert not (tmp_path / "o" / "tokenizer.json").exists()

@@ -1,5 +1,6 @@
 """The byte-level BPE tokenizer: exact round trips for any text, fixed special ids, save/load."""
 import json
+import random
 
 import pytest
 
@@ -28,6 +29,26 @@ def test_round_trip_is_exact(tok, text):
     assert tok.decode_bytes(ids) == text.encode("utf-8")
 
 
+def test_round_trip_of_random_unicode(tok):
+    """Any code point (bar the surrogates, which no valid str-to-UTF-8 text holds), NUL included."""
+    rng = random.Random(0)
+    planes = [(0, 0x80), (0x80, 0x800), (0x800, 0xD800), (0xE000, 0x10000), (0x10000, 0x110000)]
+    for _ in range(200):
+        text = "".join(chr(rng.randrange(*rng.choice(planes))) for _ in range(rng.randint(1, 40)))
+        assert tok.decode(tok.encode(text)) == text
+        assert tok.decode_bytes(tok.encode(text)) == text.encode("utf-8")
+
+
+def test_decode_bytes_lets_a_stream_hold_back_partial_characters(tok):
+    """Token by token, some pieces are not whole UTF-8 characters (a 4-byte character the training text
+    never had is four byte tokens); joined, the bytes are the text."""
+    text = "clef 𝄞 here"
+    pieces = [tok.decode_bytes([i]) for i in tok.encode(text)]
+    assert b"".join(pieces) == text.encode("utf-8")
+    with pytest.raises(UnicodeDecodeError):
+        [p.decode("utf-8") for p in pieces]
+
+
 def test_special_tokens_have_fixed_ids(tok):
     assert [tok.pad_id, tok.bos_id, tok.eos_id, tok.unk_id, tok.mask_id] == [0, 1, 2, 3, 4]
     assert tok.special_ids == [0, 1, 2, 3, 4] and tok.mask_token == SPECIAL_TOKENS["mask"]
@@ -45,6 +66,11 @@ def test_save_load_keeps_fingerprint(tok, tmp_path):
     again = load_tokenizer(str(tmp_path / "t.json"))
     assert again.fingerprint() == tok.fingerprint()
     assert again.encode(TEXTS[1]) == tok.encode(TEXTS[1])
+
+
+def test_too_small_vocabulary_is_refused(tmp_path):
+    with pytest.raises(DataError, match="vocab_size must be at least 261"):
+        train_tokenizer([str(tmp_path / "unused.jsonl")], str(tmp_path / "t.json"), vocab_size=200)
 
 
 def test_bad_tokenizer_paths_are_one_line_errors(tmp_path):
