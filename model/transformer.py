@@ -168,15 +168,18 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())  # parameters() yields tied weights once
         return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
 
-    def flops_per_token(self) -> float:
+    def flops_per_token(self, head_fraction: float = 1.0) -> float:
         """Training FLOPs per token: 6 x (matmul weights, output projection included) plus the
-        attention score/value products at full context (12 x layers x dim x seq)."""
+        attention score/value products at full context (12 x layers x dim x seq).
+        head_fraction: share of positions whose vocabulary logits are computed (an MLM trained
+        with sparse logits at mask rate 0.15 computes them for 15% of positions)."""
         c = self.config
-        matmul_params = self.num_params(exclude_embeddings=True) + c.vocab_size * c.dim
-        return 6 * matmul_params + 12 * c.n_layers * c.dim * c.max_seq_len
+        body = self.num_params(exclude_embeddings=True)
+        return 6 * (body + head_fraction * c.vocab_size * c.dim) + 12 * c.n_layers * c.dim * c.max_seq_len
 
-    def estimate_mfu(self, tokens_per_s: float, peak_flops: float) -> float:
-        return self.flops_per_token() * tokens_per_s / peak_flops
+    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, head_fraction: float = 1.0) -> float:
+        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
+        return self.flops_per_token(head_fraction) * tokens_per_s / peak_flops
 
     def compile_blocks(self) -> None:
         """torch.compile each block in place (state-dict keys unchanged)."""

@@ -71,6 +71,22 @@ def test_kv_cache_steps_equal_full_forward_with_left_padding():
         assert (full[i, width - len(s):] - alone).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_padding_rows_stay_finite(objective):
+    """Padding queries may see no real key (left padding in a causal model): no NaN anywhere, and
+    the real positions still get a loss and gradients."""
+    m = make(objective=objective)
+    m.train()
+    ids = torch.randint(5, 211, (2, 16))
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :9] = 0
+    labels = torch.where(mask.bool(), ids, torch.full_like(ids, -100))
+    out = m(ids, labels=labels, attention_mask=mask)
+    out.loss.backward()
+    assert torch.isfinite(m(ids, attention_mask=mask).logits).all() and torch.isfinite(out.loss)
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
+
+
 def test_cache_overflow_is_a_clear_error():
     m = make()
     cache = m.new_cache(1, 8)
@@ -145,6 +161,8 @@ def test_num_params_matches_hand_count():
     assert untied.num_params() == expected + 3200
     assert m.flops_per_token() == 6 * (expected - 3200 + 3200) + 12 * 2 * 32 * 16
     assert m.estimate_mfu(1000.0, m.flops_per_token() * 4000.0) == pytest.approx(0.25)
+    # sparse MLM logits: only a share of positions pays for the vocabulary projection
+    assert m.flops_per_token(head_fraction=0.25) == 6 * (expected - 3200 + 800) + 12 * 2 * 32 * 16
 
 
 def test_state_dict_round_trip(tmp_path):
