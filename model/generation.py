@@ -5,7 +5,7 @@ from typing import Callable, List, Optional
 
 import torch
 
-from model.sampling import ban_repeated_ngrams, choose, repetition_penalty
+from model.sampling import ban_repeated_ngrams, choose, repetition_penalty, seen_mask
 
 
 @dataclass
@@ -33,6 +33,10 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
     """New tokens for each prompt (eos not included). on_token(row, token) is called as tokens
     are produced; if it returns True that row stops. Prompts must already fit:
     len(prompt) + max_new_tokens <= max_seq_len."""
+    if not prompts:
+        return []
+    if min(len(p) for p in prompts) == 0:
+        raise ValueError("every prompt needs at least one token (a bos token will do)")
     device = next(model.parameters()).device
     batch = len(prompts)
     width = max(len(p) for p in prompts)
@@ -52,15 +56,18 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
     outputs = [[] for _ in prompts]
     done = [False] * batch
     logits = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache).logits[:, -1]
+    penalise = config.repetition_penalty != 1.0
+    seen = seen_mask(prompts, logits.shape[-1], device) if penalise else None
+    rows = torch.arange(batch, device=device)
     for step in range(config.max_new_tokens):
         logits = logits.float()
-        if config.repetition_penalty != 1.0:
-            hist = torch.nn.utils.rnn.pad_sequence([torch.tensor(h) for h in history], batch_first=True,
-                                                   padding_value=history[0][0]).to(device)
-            logits = repetition_penalty(logits, hist, config.repetition_penalty)
+        if penalise:
+            logits = repetition_penalty(logits, seen, config.repetition_penalty)
         if config.no_repeat_ngram_size:
             logits = ban_repeated_ngrams(logits, history, config.no_repeat_ngram_size)
         next_tokens = choose(logits, config.do_sample, config.temperature, config.top_k, config.top_p, generator)
+        if penalise:
+            seen[rows, next_tokens] = True
         for b, tok in enumerate(next_tokens.tolist()):
             if done[b]:
                 continue

@@ -6,14 +6,23 @@ import torch
 NEG_INF = float("-inf")
 
 
-def repetition_penalty(logits, history, penalty: float):
-    """Tokens already present in each row's history: a positive logit is divided by `penalty`, a
-    negative one multiplied by it (both make the token less likely for penalty > 1)."""
-    if penalty == 1.0 or history.numel() == 0:
+def seen_mask(rows, vocab_size: int, device=None):
+    """bool [B, V]: True where the token occurs in that row (rows: lists of token ids)."""
+    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
+    for b, row in enumerate(rows):
+        if row:
+            seen[b, torch.tensor(row, device=device)] = True
+    return seen
+
+
+def repetition_penalty(logits, seen, penalty: float):
+    """Tokens already seen in a row (seen: bool [B, V]): a positive logit is divided by `penalty`,
+    a negative one multiplied by it (both make the token less likely for penalty > 1). A mask
+    rather than padded id lists, so rows of different lengths never penalise each other's tokens."""
+    if penalty == 1.0:
         return logits
-    seen = torch.gather(logits, 1, history)
-    seen = torch.where(seen > 0, seen / penalty, seen * penalty)
-    return logits.scatter(1, history, seen)
+    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)
+    return torch.where(seen, penalised, logits)
 
 
 def ban_repeated_ngrams(logits, rows, n: int):

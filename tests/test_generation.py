@@ -23,6 +23,26 @@ def test_greedy_batch_equals_one_by_one(tok):
     assert batched == alone and all(len(tok.encode(t)) > 0 for t in alone)
 
 
+def test_greedy_batch_equals_one_by_one_with_penalties(tok):
+    gen = TextGenerator(tiny_model(seed=2), tok)
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=16, stop_on_eos=False, repetition_penalty=1.5,
+                           no_repeat_ngram_size=2)
+    prompts = ["To be, or not to be", "今天", "The king"]
+    plain = gen.batch_generate(prompts, GREEDY)
+    assert gen.batch_generate(prompts, cfg) == [gen.generate(p, cfg) for p in prompts] != plain
+
+
+def test_repetition_penalty_only_sees_each_rows_own_tokens(tok):
+    # Every step prefers token 7 slightly over 8; only a row that has seen 7 should switch to 8.
+    model = ScriptedModel([], tok.vocab_size, tok.eos_id)
+    bias = torch.zeros(tok.vocab_size)
+    bias[7], bias[8] = 2.0, 1.9
+    model.forward = lambda ids, attention_mask=None, cache=None: type("Out", (), {"logits": bias.expand(
+        ids.shape[0], ids.shape[1], -1)})()
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=1, repetition_penalty=1.5)
+    assert generate_tokens(model, [[7, 9, 9, 9], [9]], cfg, tok.eos_id) == [[8], [7]]
+
+
 def test_greedy_equals_full_forward_argmax(tok):
     model = tiny_model()
     ids = tok.encode("The king")

@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from model.sampling import ban_repeated_ngrams, choose, repetition_penalty, top_k_filter, top_p_filter
+from model.sampling import ban_repeated_ngrams, choose, repetition_penalty, seen_mask, top_k_filter, top_p_filter
 
 
 def test_top_p_keeps_smallest_set_reaching_p():
@@ -29,8 +29,16 @@ def test_top_k_and_top_k_one_is_greedy():
 
 def test_repetition_penalty_divides_positive_and_multiplies_negative():
     logits = torch.tensor([[2.0, -2.0, 1.0, 0.5]])
-    out = repetition_penalty(logits, torch.tensor([[0, 1, 1]]), 2.0)
+    out = repetition_penalty(logits, seen_mask([[0, 1, 1]], 4), 2.0)
     assert out.tolist() == [[1.0, -4.0, 1.0, 0.5]]
+    assert repetition_penalty(logits, seen_mask([[0]], 4), 1.0).tolist() == logits.tolist()
+
+
+def test_repetition_penalty_rows_of_different_lengths_stay_apart():
+    logits = torch.tensor([[3.0, 3.0, 3.0], [3.0, 3.0, 3.0]])
+    seen = seen_mask([[0, 0, 2], [1]], 3)
+    assert seen.tolist() == [[True, False, True], [False, True, False]]
+    assert repetition_penalty(logits, seen, 3.0).tolist() == [[1.0, 3.0, 1.0], [3.0, 1.0, 3.0]]
 
 
 def test_no_repeat_ngram_bans_completion():
