@@ -10,8 +10,10 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import torch
+from tqdm import tqdm
 
 from model.generation import GenerationConfig
 from model.text_generator import TextGenerator
@@ -64,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--fill_mask", help="text with one or more <mask> tokens (masked-LM checkpoints)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are produced")
     p.add_argument("--output", help="with --batch_file: write one JSON line per prompt here")
+    p.add_argument("--batch_size", type=int, default=8, help="with --batch_file: prompts generated together")
     p.add_argument("--max_new_tokens", type=int, default=100)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top_k", type=int, default=None,
@@ -97,24 +100,43 @@ def run_fill_mask(gen: TextGenerator, args) -> None:
             print(f"  {prob:7.4f}  {token!r}")
 
 
-def run_batch(gen: TextGenerator, args, config) -> None:
+def read_prompts(path: str) -> list:
     try:
-        with open(args.batch_file, encoding="utf-8") as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
+        with open(path, encoding="utf-8") as f:
+            prompts = [line.rstrip("\r\n") for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as e:
-        raise UsageError(f"cannot read {args.batch_file}: {e}")
+        raise UsageError(f"cannot read {path}: {e}")
     if not prompts:
-        raise UsageError(f"{args.batch_file} has no prompts")
-    results = gen.batch_generate(prompts, config)
-    out = open(args.output, "w", encoding="utf-8") if args.output else None
-    for prompt, text in zip(prompts, results):
-        if out:
-            out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
-        else:
+        raise UsageError(f"{path} has no prompts (blank lines are skipped)")
+    return prompts
+
+
+def run_batch(gen: TextGenerator, args, config) -> None:
+    """Batches of --batch_size prompts of similar length (less padding); results in file order."""
+    prompts = read_prompts(args.batch_file)
+    lengths = [len(gen.tokenizer.encode(p)) for p in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    results = [None] * len(prompts)
+    start, n_tokens = time.perf_counter(), 0
+    with tqdm(total=len(prompts), unit="prompt", desc="generating", file=sys.stderr,
+              disable=len(prompts) <= args.batch_size) as bar:
+        for first in range(0, len(order), args.batch_size):
+            chunk = order[first:first + args.batch_size]
+            for i, text in zip(chunk, gen.batch_generate([prompts[i] for i in chunk], config)):
+                results[i] = text
+                n_tokens += len(gen.tokenizer.encode(text))
+            bar.update(len(chunk))
+    seconds = time.perf_counter() - start
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as out:
+            for prompt, text in zip(prompts, results):
+                out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
+    else:
+        for prompt, text in zip(prompts, results):
             print(f"### {prompt}\n{prompt}{text}\n")
-    if out:
-        out.close()
-        print(f"wrote {len(results)} results to {args.output}")
+    where = f", wrote {args.output}" if args.output else ""
+    print(f"{len(prompts)} prompts, {n_tokens} new tokens in {seconds:.1f} s ({n_tokens / seconds:.0f} tokens/s){where}",
+          file=sys.stderr)
 
 
 def run_interactive(gen: TextGenerator, args, config) -> None:
@@ -150,6 +172,10 @@ def run_interactive(gen: TextGenerator, args, config) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.output and not args.batch_file:
+            raise UsageError("--output goes with --batch_file")
+        if args.batch_size < 1:
+            raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
         config = generation_config(args)
         if args.seed is not None:
             torch.manual_seed(args.seed)

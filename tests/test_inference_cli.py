@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import inference
 from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
 from tests.train_harness import ROOT
 
@@ -26,26 +27,38 @@ def cli(*args, stdin=None):
                           capture_output=True, text=True, timeout=120)
 
 
-def test_prompt_seeded_and_streamed_equal(ckpts):
+def main(capsys, *args):
+    """inference.main in this process (a subprocess per case would cost seconds of imports each)."""
+    code = inference.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_prompt_seeded_and_streamed_equal(ckpts, capsys):
     args = ["--model_path", ckpts["clm"], "--prompt", "To be", "--max_new_tokens", "20", "--seed", "5"]
-    a, b, s = cli(*args), cli(*args), cli(*args, "--stream")
+    a, s = cli(*args), cli(*args, "--stream")
+    b = main(capsys, *args)
     assert a.returncode == b.returncode == s.returncode == 0, a.stderr
-    assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("To be")
-    ema = cli(*args, "--ema")
+    assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("To be") and len(a.stdout) > len("To be\n")
+    ema = main(capsys, *args, "--ema")
     assert ema.returncode == 0 and ema.stdout != a.stdout
 
 
-def test_batch_file_to_jsonl(ckpts, tmp_path):
+def test_batch_file_to_jsonl(ckpts, tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("To be\n\nNow is the winter\n今天\n", encoding="utf-8")
+    prompts.write_text("To be\n\nNow is the winter\n今天\n  \nFriends, Romans, countrymen\n", encoding="utf-8")
     out = tmp_path / "results.jsonl"
-    proc = cli("--model_path", ckpts["clm"], "--batch_file", str(prompts), "--output", str(out), "--greedy",
-               "--max_new_tokens", "10")
+    common = ["--model_path", ckpts["clm"], "--greedy", "--max_new_tokens", "10"]
+    proc = main(capsys, *common, "--batch_file", str(prompts), "--output", str(out), "--batch_size", "2")
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(l) for l in out.read_text(encoding="utf-8").splitlines()]
-    assert [r["prompt"] for r in rows] == ["To be", "Now is the winter", "今天"]
-    single = cli("--model_path", ckpts["clm"], "--prompt", "Now is the winter", "--greedy", "--max_new_tokens", "10")
-    assert single.stdout.rstrip("\n") == "Now is the winter" + rows[1]["generated"]
+    assert "4 prompts" in proc.stderr and str(out) in proc.stderr
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["prompt"] for r in rows] == ["To be", "Now is the winter", "今天", "Friends, Romans, countrymen"]
+    for row in rows:  # batches of two prompts of different lengths == each prompt alone
+        single = main(capsys, *common, "--prompt", row["prompt"])
+        assert single.stdout == row["prompt"] + row["generated"] + "\n" and row["generated"]
+    printed = main(capsys, *common, "--batch_file", str(prompts))
+    assert printed.stdout.count("### ") == 4 and f"To be{rows[0]['generated']}" in printed.stdout
 
 
 def test_interactive_clear_exit_and_eof(ckpts):
@@ -58,14 +71,15 @@ def test_interactive_clear_exit_and_eof(ckpts):
     assert "Traceback" not in eof.stderr
 
 
-def test_fill_mask_prints_sorted_candidates(ckpts):
-    proc = cli("--model_path", ckpts["mlm"], "--fill_mask", "The <mask> of Denmark", "--top_k", "3")
-    assert proc.returncode == 0, proc.stderr
-    probs = [float(line.split()[0]) for line in proc.stdout.splitlines() if line.startswith("  ")]
-    assert len(probs) == 3 and probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
+def test_fill_mask_prints_sorted_candidates(ckpts, capsys):
+    for extra, k in (([], 5), (["--top_k", "3"], 3)):
+        proc = main(capsys, "--model_path", ckpts["mlm"], "--fill_mask", "The <mask> of Denmark", *extra)
+        assert proc.returncode == 0, proc.stderr
+        probs = [float(line.split()[0]) for line in proc.stdout.splitlines() if line.startswith("  ")]
+        assert len(probs) == k and probs == sorted(probs, reverse=True) and all(0 < p <= 1 for p in probs)
 
 
-def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path):
+def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"\x80\x04garbage")
     state = torch.load(ckpts["clm"], weights_only=True)   # weights of another layout (renamed tensor)
@@ -74,6 +88,11 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path):
     foreign.parent.mkdir()
     torch.save(state, foreign)
     shutil.copy(os.path.join(os.path.dirname(ckpts["clm"]), "tokenizer.json"), foreign.parent / "tokenizer.json")
+    no_tokenizer = tmp_path / "bare" / "best.pth"
+    no_tokenizer.parent.mkdir()
+    shutil.copy(ckpts["clm"], no_tokenizer)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n", encoding="utf-8")
     cases = [
         (["--model_path", ckpts["clm"], "--fill_mask", "The <mask>"], "causal LM"),
         (["--model_path", ckpts["mlm"], "--prompt", "To be"], "masked LM"),
@@ -81,10 +100,18 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path):
         (["--model_path", str(tmp_path / "missing.pth"), "--prompt", "x"], "checkpoint not found"),
         (["--model_path", str(corrupt), "--prompt", "x"], "not a readable checkpoint"),
         (["--model_path", str(foreign), "--prompt", "x"], "weights do not fit this model"),
+        (["--model_path", str(no_tokenizer), "--prompt", "x"], "tokenizer not found"),
         (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--ema"], "no EMA weights"),
         (["--model_path", ckpts["clm"], "--prompt", "x", "--top_p", "1.5"], "top_p"),
+        (["--model_path", ckpts["clm"], "--prompt", "x", "--output", "r.jsonl"], "--output goes with --batch_file"),
+        (["--model_path", ckpts["clm"], "--batch_file", str(empty)], "has no prompts"),
+        (["--model_path", ckpts["clm"], "--batch_file", str(tmp_path / "nope.txt")], "cannot read"),
     ]
     for args, fragment in cases:
-        proc = cli(*args)
+        proc = main(capsys, *args)
         assert proc.returncode == 2, (args, proc.stderr)
-        assert proc.stderr.count("\n") == 1 and fragment in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and fragment in proc.stderr and proc.stdout == "", (args, proc.stderr)
+    # As a process: exit status 2 and the one line, nothing else.
+    for args, fragment in (cases[1], cases[4]):
+        proc = cli(*args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
