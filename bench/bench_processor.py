@@ -6,7 +6,8 @@ Every measurement runs in a fresh process, so its peak RSS is that job's alone. 
 gets the processor's own batches, read and parsed before its clock starts: it is the ceiling the
 processor (reading, validating, tokenizing, writing, fsync, progress commits) is measured against.
 Runs alternate between the two jobs and the best of --repeats is kept, so a busy machine slows
-both alike rather than one of them."""
+both alike rather than one of them; CPU seconds (user + system, all threads) are printed too, as
+other tenants of a shared machine move them far less than wall time."""
 import argparse
 import json
 import os
@@ -22,21 +23,24 @@ import json, os, sys, time, resource
 sys.path.insert(0, {root!r})
 from data.processor import DataProcessor
 job, corpus, tok_path, out = sys.argv[1:5]
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 proc = DataProcessor(tok_path, val_ratio=0.05, show_progress=False)
 if job == "encode":
     from tqdm import tqdm
     state = {{"file_index": 0, "offset": 0}}
     batches = [c.texts for c in proc._read_chunks([corpus], state, tqdm(disable=True))]
     n_bytes = sum(len(t.encode()) for b in batches for t in b)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     n_tokens = sum(len(ids) + 1 for b in batches for ids in proc.tokenizer.encode_batch(b))  # + eos, as written
 else:
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), cpu_seconds()
     proc.process_dataset(corpus, out, resume=False)
     n_tokens = proc.timing["tokens"]
     n_bytes = sum(s["text_bytes"] for s in proc.stats["splits"].values())
-seconds = time.perf_counter() - start
-print(json.dumps(dict(tokens=n_tokens, bytes=n_bytes, seconds=seconds,
+seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
+print(json.dumps(dict(tokens=n_tokens, bytes=n_bytes, seconds=seconds, cpu=cpu,
                       rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 """
 
@@ -57,6 +61,7 @@ def measure(corpus, tok, out, repeats) -> dict:
             r = run_child(job, corpus, tok, out)
             b = best.setdefault(job, dict(r))
             b["seconds"], b["rss_mb"] = min(b["seconds"], r["seconds"]), max(b["rss_mb"], r["rss_mb"])
+            b["cpu"] = min(b["cpu"], r["cpu"])
     return best
 
 
@@ -75,16 +80,18 @@ def main():
             data = f.read()
             for _ in range(10):
                 out.write(data)
-        print(f"{'corpus':11s} {'job':14s} {'text MB':>8s} {'tokens/s':>11s} {'MB/s':>7s} {'peak RSS MiB':>13s}")
+        print(f"{'corpus':11s} {'job':14s} {'text MB':>8s} {'tokens/s':>11s} {'MB/s':>7s} {'CPU s':>7s} "
+              f"{'peak RSS MiB':>13s}")
         results = {}
         for name, corpus in (("sample x1", sample), ("sample x10", big)):
             results[name] = measure(corpus, tok, os.path.join(tmp, "train.bin"), args.repeats)
             for job, label in (("encode", "bare encode"), ("process", "processor")):
                 r = results[name][job]
                 print(f"{name:11s} {label:14s} {r['bytes'] / 1e6:8.1f} {r['tokens'] / r['seconds']:11,.0f} "
-                      f"{r['bytes'] / 1e6 / r['seconds']:7.2f} {r['rss_mb']:13.0f}")
-            ratio = results[name]["encode"]["seconds"] / results[name]["process"]["seconds"]
-            print(f"{name:11s} processor throughput = {ratio * 100:.0f}% of bare batch encode")
+                      f"{r['bytes'] / 1e6 / r['seconds']:7.2f} {r['cpu']:7.2f} {r['rss_mb']:13.0f}")
+            enc, pro = results[name]["encode"], results[name]["process"]
+            print(f"{name:11s} processor throughput = {enc['seconds'] / pro['seconds'] * 100:.0f}% of bare batch "
+                  f"encode (by CPU time: {enc['cpu'] / pro['cpu'] * 100:.0f}%)")
         growth = results["sample x10"]["process"]["rss_mb"] / results["sample x1"]["process"]["rss_mb"] - 1
         print(f"processor peak RSS, 10x corpus vs 1x: {growth * 100:+.1f}%")
 
