@@ -46,6 +46,19 @@ def _timed(fn):
     return time.perf_counter() - start
 
 
+def keep_freed_memory():
+    """Ask glibc to keep freed blocks instead of returning them to the OS: every step allocates the
+    same large activations again, and fresh pages cost a page fault each (tens of thousands per
+    step here). Returns False where the C library is not glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, (1 << 31) - 1))
+
+
 def theirs(objective):
     try:
         import transformers
@@ -64,15 +77,20 @@ def main():
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--compile", action="store_true", help="torch.compile our blocks (cold compile takes a while)")
+    p.add_argument("--keep_freed_memory", action="store_true",
+                   help="glibc mallopt: reuse freed memory instead of page-faulting fresh memory every step")
     p.add_argument("--peak_tflops", type=float, default=0.0,
                    help="peak FLOP/s for MFU, in TFLOP/s (default: measure a large fp32 matmul)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.keep_freed_memory and not keep_freed_memory():
+        print("--keep_freed_memory needs glibc; running without it")
     torch.manual_seed(0)
     fused = True
     peak = a.peak_tflops * 1e12 if a.peak_tflops > 0 else matmul_peak_flops()
     print(f"torch {torch.__version__}, {a.threads} threads, fp32, vocab {VOCAB}, dim {DIM}, {LAYERS} layers, "
-          f"{HEADS} heads, seq {SEQ}, batch {BATCH}, {'compiled' if a.compile else 'eager'}; "
+          f"{HEADS} heads, seq {SEQ}, batch {BATCH}, {'compiled' if a.compile else 'eager'}"
+          f"{', keep_freed_memory' if a.keep_freed_memory else ''}; "
           f"peak for MFU {peak / 1e9:.0f} GFLOP/s{'' if a.peak_tflops > 0 else ' (measured fp32 matmul)'}")
     for objective in ("clm", "mlm"):
         ours = Transformer(LMConfig(vocab_size=VOCAB, dim=DIM, n_layers=LAYERS, n_heads=HEADS, max_seq_len=SEQ,
