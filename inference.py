@@ -25,14 +25,31 @@ class UsageError(Exception):
     """A request this checkpoint or input cannot serve; printed as one line, exit code 2."""
 
 
+def pick_device(name: str) -> torch.device:
+    """--device as a torch.device, or one line saying why this machine cannot use it."""
+    from utils import resolve_device
+
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a device name (try auto, cpu, cuda, cuda:1, mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {name}: MPS is not available here")
+    return device
+
+
 def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = False) -> TextGenerator:
     """A TextGenerator from a checkpoint file (read with weights_only=True: it cannot run code)."""
     from data.errors import DataError
     from data.tokenizer import load_tokenizer
     from model import LMConfig, Transformer
     from training.checkpoint import CheckpointError, load_checkpoint, load_weights
-    from utils import resolve_device
 
+    device = pick_device(device)
     try:
         state = load_checkpoint(checkpoint_path)
         tok_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "tokenizer.json")
@@ -53,7 +70,7 @@ def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = F
         load_weights(model, weights, checkpoint_path)
     except (CheckpointError, ValueError) as e:  # ValueError: a model_config this version rejects
         raise UsageError(str(e))
-    return TextGenerator(model.to(resolve_device(device)), tokenizer)
+    return TextGenerator(model.to(device), tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +194,7 @@ def main(argv=None) -> int:
         if args.batch_size < 1:
             raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
         config = generation_config(args)
+        pick_device(args.device)  # a wrong device is refused before the checkpoint is read
         if args.seed is not None:
             torch.manual_seed(args.seed)
         gen = load_generator(args.model_path, args.device, args.ema)

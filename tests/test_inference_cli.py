@@ -106,7 +106,10 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path, capsys):
         (["--model_path", ckpts["clm"], "--prompt", "x", "--output", "r.jsonl"], "--output goes with --batch_file"),
         (["--model_path", ckpts["clm"], "--batch_file", str(empty)], "has no prompts"),
         (["--model_path", ckpts["clm"], "--batch_file", str(tmp_path / "nope.txt")], "cannot read"),
+        (["--model_path", ckpts["clm"], "--prompt", "x", "--device", "banana"], "not a device name"),
     ]
+    if not torch.cuda.is_available():
+        cases.append((["--model_path", ckpts["clm"], "--prompt", "x", "--device", "cuda"], "sees no CUDA GPU"))
     for args, fragment in cases:
         proc = main(capsys, *args)
         assert proc.returncode == 2, (args, proc.stderr)
