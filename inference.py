@@ -131,6 +131,10 @@ def read_prompts(path: str) -> list:
 def run_batch(gen: TextGenerator, args, config) -> None:
     """Batches of --batch_size prompts of similar length (less padding); results in file order."""
     prompts = read_prompts(args.batch_file)
+    try:  # opened before generating, so an unwritable path fails at once, not after the work
+        out = open(args.output, "w", encoding="utf-8") if args.output else None
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror}")
     lengths = [len(gen.tokenizer.encode(p)) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: lengths[i])
     results = [None] * len(prompts)
@@ -139,13 +143,13 @@ def run_batch(gen: TextGenerator, args, config) -> None:
               disable=len(prompts) <= args.batch_size) as bar:
         for first in range(0, len(order), args.batch_size):
             chunk = order[first:first + args.batch_size]
-            for i, text in zip(chunk, gen.batch_generate([prompts[i] for i in chunk], config)):
-                results[i] = text
-                n_tokens += len(gen.tokenizer.encode(text))
+            for i, ids in zip(chunk, gen.batch_generate_ids([prompts[i] for i in chunk], config)):
+                results[i] = gen.tokenizer.decode(ids)
+                n_tokens += len(ids)
             bar.update(len(chunk))
     seconds = time.perf_counter() - start
-    if args.output:
-        with open(args.output, "w", encoding="utf-8") as out:
+    if out:
+        with out:
             for prompt, text in zip(prompts, results):
                 out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
     else:

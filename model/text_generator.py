@@ -44,6 +44,8 @@ class TextGenerator:
         if room < 1:  # more new tokens asked than the context holds: keep half a context of prompt
             room = self.max_seq_len // 2
             max_new = self.max_seq_len - room
+            print(f"warning: max_new_tokens {config.max_new_tokens} cut to {max_new}: prompt and new tokens share "
+                  f"a context of {self.max_seq_len}", file=sys.stderr)
         if len(ids) > room:
             print(f"warning: prompt of {len(ids)} tokens cut to its last {room} to fit the context of "
                   f"{self.max_seq_len}", file=sys.stderr)
@@ -88,14 +90,19 @@ class TextGenerator:
 
     def batch_generate(self, prompts: List[str], config: Optional[GenerationConfig] = None) -> List[str]:
         """Continuations of several prompts in one batched, left-padded pass."""
+        return [self.tokenizer.decode(ids) for ids in self.batch_generate_ids(prompts, config)]
+
+    def batch_generate_ids(self, prompts: List[str], config: Optional[GenerationConfig] = None) -> List[List[int]]:
+        """batch_generate's new token ids (eos not included), for callers that count tokens."""
         self._require_causal()
         config = config or GenerationConfig()
         fitted = [self._fit(self.tokenizer.encode(p), config) for p in prompts]
+        if not fitted:
+            return []
         max_new = min(m for _, m in fitted)
         config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
-        outs = generate_tokens(self.model, [ids for ids, _ in fitted], config, self.tokenizer.eos_id,
+        return generate_tokens(self.model, [ids for ids, _ in fitted], config, self.tokenizer.eos_id,
                                self.tokenizer.pad_id)
-        return [self.tokenizer.decode(o) for o in outs]
 
     # ---- chat ------------------------------------------------------------------------------------
     @staticmethod

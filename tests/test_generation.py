@@ -121,6 +121,8 @@ def test_prompt_longer_than_context_is_cut_from_the_left(tok, capsys):
     long_prompt = "Now is the winter of our discontent. " * 20
     out = gen.generate(long_prompt, GenerationConfig(do_sample=False, max_new_tokens=8, stop_on_eos=False))
     assert "cut to its last 56" in capsys.readouterr().err and isinstance(out, str)
+    ids = gen.batch_generate_ids([long_prompt], GenerationConfig(do_sample=False, max_new_tokens=100, stop_on_eos=False))
+    assert "max_new_tokens 100 cut to 32" in capsys.readouterr().err and len(ids[0]) == 32
 
 
 def test_fill_mask_candidates_sorted_with_probabilities(tok):

@@ -51,7 +51,7 @@ def test_batch_file_to_jsonl(ckpts, tmp_path, capsys):
     common = ["--model_path", ckpts["clm"], "--greedy", "--max_new_tokens", "10"]
     proc = main(capsys, *common, "--batch_file", str(prompts), "--output", str(out), "--batch_size", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "4 prompts" in proc.stderr and str(out) in proc.stderr
+    assert "4 prompts, 40 new tokens" in proc.stderr and str(out) in proc.stderr
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["prompt"] for r in rows] == ["To be", "Now is the winter", "今天", "Friends, Romans, countrymen"]
     for row in rows:  # batches of two prompts of different lengths == each prompt alone
@@ -93,6 +93,8 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path, capsys):
     shutil.copy(ckpts["clm"], no_tokenizer)
     empty = tmp_path / "empty.txt"
     empty.write_text("\n  \n", encoding="utf-8")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("To be\n", encoding="utf-8")
     cases = [
         (["--model_path", ckpts["clm"], "--fill_mask", "The <mask>"], "causal LM"),
         (["--model_path", ckpts["mlm"], "--prompt", "To be"], "masked LM"),
@@ -107,6 +109,8 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path, capsys):
         (["--model_path", ckpts["clm"], "--batch_file", str(empty)], "has no prompts"),
         (["--model_path", ckpts["clm"], "--batch_file", str(tmp_path / "nope.txt")], "cannot read"),
         (["--model_path", ckpts["clm"], "--prompt", "x", "--device", "banana"], "not a device name"),
+        (["--model_path", ckpts["clm"], "--batch_file", str(corrupt)], "cannot read"),   # not UTF-8
+        (["--model_path", ckpts["clm"], "--batch_file", str(prompts), "--output", str(tmp_path)], "cannot write"),
     ]
     if not torch.cuda.is_available():
         cases.append((["--model_path", ckpts["clm"], "--prompt", "x", "--device", "cuda"], "sees no CUDA GPU"))
