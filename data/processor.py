@@ -3,8 +3,8 @@
     python -m data.processor dataset/*.jsonl --out_dir dataset/mycorpus --vocab_size 8192
     python -m data.processor corpus.jsonl --tokenizer tok/tokenizer.json --text_field content --val_ratio 0.01
 
-Durability: tokens are appended to `.partial` files; after every chunk they are fsynced and a small
-progress file (input position, output lengths, statistics) is replaced atomically. A restarted run
+Durability: tokens are appended to `.partial` files; after every chunk (or every save_interval
+documents) they are fsynced and a small progress file (input position, output lengths, statistics) is replaced atomically. A restarted run
 truncates the partial files to the recorded lengths and reads on from the recorded byte offset, so
 the finished files are byte-identical to an uninterrupted run however the first one died."""
 import hashlib
