@@ -42,8 +42,10 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = False) -> TextGenerator:
-    """A TextGenerator from a checkpoint file (read with weights_only=True: it cannot run code)."""
+def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = False,
+                   int8: bool = False) -> TextGenerator:
+    """A TextGenerator from a checkpoint file (read with weights_only=True: it cannot run code).
+    int8: the blocks' linear layers in int8 (CPU only, faster decoding, close to float32)."""
     from data.errors import DataError
     from data.tokenizer import load_tokenizer
     from model import LMConfig, Transformer
@@ -70,7 +72,14 @@ def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = F
         load_weights(model, weights, checkpoint_path)
     except (CheckpointError, ValueError) as e:  # ValueError: a model_config this version rejects
         raise UsageError(str(e))
-    return TextGenerator(model.to(device), tokenizer)
+    model = model.to(device)
+    if int8:
+        from model.int8 import quantize_int8
+        try:
+            quantize_int8(model)
+        except (RuntimeError, ValueError) as e:
+            raise UsageError(f"--int8: {e}")
+    return TextGenerator(model, tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="same seed, same output")
     p.add_argument("--device", default="auto")
     p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--int8", action="store_true",
+                   help="CPU: run the blocks' linear layers in int8 (about 1.5x faster decoding, close to float32)")
     return p
 
 
@@ -201,7 +212,7 @@ def main(argv=None) -> int:
         pick_device(args.device)  # a wrong device is refused before the checkpoint is read
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        gen = load_generator(args.model_path, args.device, args.ema)
+        gen = load_generator(args.model_path, args.device, args.ema, args.int8)
         causal = gen.model.config.causal
         if args.fill_mask is not None:
             if causal:

@@ -1,13 +1,15 @@
-"""Decode throughput: new tokens/s at batch 1 and 8, with and without the KV cache, and
-transformers' LlamaForCausalLM.generate on the same weights when transformers is installed.
+"""Decode throughput: new tokens/s at batch 1 and 8, with and without the KV cache, with the
+blocks in int8 (--int8 in inference.py), and transformers' LlamaForCausalLM.generate on the same
+weights when transformers is installed.
 
-    python bench/bench_decode.py [--rounds 3]
+    python bench/bench_decode.py [--rounds 3] [--threads 2] [--skip_no_cache]
 
-Ours and theirs alternate in one process (this machine's speed drifts); greedy tokens are
-compared, since the weights are shared."""
+Ours and theirs alternate in one process (this machine's speed drifts) and each figure is the
+fastest of the rounds (the round least disturbed by other processes); greedy tokens are compared, since the weights are shared. The load average is
+printed before and after: other processes on a 2-core machine halve every figure."""
 import argparse
+import copy
 import os
-import statistics
 import sys
 import time
 
@@ -16,6 +18,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from model.generation import GenerationConfig, generate_tokens  # noqa: E402
+from model.int8 import int8_available, quantize_int8  # noqa: E402
 from model.llama_mapping import llama_config_kwargs, to_llama_state_dict  # noqa: E402
 
 CFG = LMConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, max_seq_len=320)
@@ -34,7 +37,7 @@ def no_cache_greedy(model, prompts, new):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip_no_cache", action="store_true")
     a = p.parse_args()
@@ -49,11 +52,14 @@ def main():
         theirs.load_state_dict(to_llama_state_dict(ours.state_dict(), CFG))
     except ImportError:
         pass
-    print(f"torch {torch.__version__}, {a.threads} threads, vocab {CFG.vocab_size}, dim {CFG.dim}, {CFG.n_layers} layers, "
+    quantized = quantize_int8(copy.deepcopy(ours)) if int8_available() else None
+    print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {a.threads} threads, vocab {CFG.vocab_size}, dim {CFG.dim}, {CFG.n_layers} layers, "
           f"{PROMPT}-token prompt, {NEW} new tokens, greedy")
     for batch in (1, 8):
         prompts = torch.randint(5, CFG.vocab_size, (batch, PROMPT)).tolist()
         jobs = {"ours (KV cache)": lambda: generate_tokens(ours, prompts, greedy, eos_id=-1)}
+        if quantized is not None:
+            jobs["ours int8 (KV cache)"] = lambda: generate_tokens(quantized, prompts, greedy, eos_id=-1)
         if theirs is not None:
             def hf():
                 with torch.inference_mode():
@@ -71,13 +77,21 @@ def main():
             start = time.perf_counter()
             outputs["ours (no cache)"] = no_cache_greedy(ours, prompts, NEW)
             times["ours (no cache)"] = [time.perf_counter() - start]
-        rates = {k: batch * NEW / statistics.median(v) for k, v in times.items()}
+        rates = {k: batch * NEW / min(v) for k, v in times.items()}
         for name, rate in rates.items():
             print(f"batch {batch}: {name:22s} {rate:9.1f} tok/s")
+        if quantized is not None:
+            pairs = [(x, y) for r, q in zip(outputs["ours (KV cache)"], outputs["ours int8 (KV cache)"]) for x, y in zip(r, q)]
+            print(f"batch {batch}: int8 speed-up {rates['ours int8 (KV cache)'] / rates['ours (KV cache)']:.2f}x, "
+                  f"greedy tokens equal to float32: {sum(x == y for x, y in pairs) / len(pairs):.1%}")
         if theirs is not None:
             same = outputs["ours (KV cache)"] == outputs["transformers generate"]
             print(f"batch {batch}: ratio ours/transformers {rates['ours (KV cache)'] / rates['transformers generate']:.2f}x, "
                   f"greedy tokens identical: {same}")
+            if quantized is not None:
+                print(f"batch {batch}: ratio ours int8/transformers "
+                      f"{rates['ours int8 (KV cache)'] / rates['transformers generate']:.2f}x")
+    print(f"load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

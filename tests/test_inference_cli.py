@@ -42,6 +42,8 @@ def test_prompt_seeded_and_streamed_equal(ckpts, capsys):
     assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("To be") and len(a.stdout) > len("To be\n")
     ema = main(capsys, *args, "--ema")
     assert ema.returncode == 0 and ema.stdout != a.stdout
+    int8 = main(capsys, *args, "--int8", "--greedy")
+    assert int8.returncode == 0 and int8.stdout.startswith("To be") and len(int8.stdout) > len("To be\n"), int8.stderr
 
 
 def test_batch_file_to_jsonl(ckpts, tmp_path, capsys):
