@@ -4,8 +4,10 @@
 Weights are stored as int8 with one scale per output row; each call quantizes the activations
 per tensor on the fly and accumulates in int32. Decoding one token at a time is bound by weight
 traffic, so a quarter of the bytes makes the blocks' matrix-vector products several times faster.
-Results are close to float32 but not identical (greedy text can diverge after a near tie). The
-output head (tied to the embedding) stays float32: its logits pick the tokens."""
+Results are close to float32 but not identical (greedy text can diverge after a near tie), and
+since the activation scale covers the whole batch, a prompt generated in a batch can differ from
+the same prompt alone. The output head (tied to the embedding) stays float32: its logits pick the
+tokens."""
 import warnings
 
 import torch
