@@ -231,6 +231,9 @@ def main(argv=None) -> int:
     except (UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # Ctrl-C outside the REPL: stop quietly, as shells expect
+        print(file=sys.stderr)
+        return 130
     return 0
 
 

@@ -3,6 +3,7 @@ errors with exit code 2 for every bad request."""
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -71,6 +72,20 @@ def test_interactive_clear_exit_and_eof(ckpts):
     eof = cli(*base, "--stream", stdin="hello there\n")
     assert eof.returncode == 0 and eof.stdout.count("model> ") == 1 and eof.stdout.rstrip().endswith("bye")
     assert "Traceback" not in eof.stderr
+
+
+def test_interactive_ctrl_c_leaves_cleanly(ckpts):
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "inference.py"), "--model_path", ckpts["clm"],
+                             "--interactive", "--greedy"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    seen = b""
+    while not seen.endswith(b"you> "):  # the REPL is waiting for a line
+        byte = proc.stdout.read(1)
+        assert byte, proc.stderr.read()
+        seen += byte
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and out.decode().rstrip().endswith("bye") and b"Traceback" not in err, err
 
 
 def test_fill_mask_prints_sorted_candidates(ckpts, capsys):
