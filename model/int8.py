@@ -15,9 +15,10 @@ from torch import nn
 
 
 def int8_available() -> bool:
-    """Whether this torch build has the CPU int8 linear kernels."""
+    """Whether this torch build has the CPU int8 linear kernels (torch marks its quantized-tensor
+    API as deprecated; if a release drops it, --int8 is refused with one line)."""
     try:
-        return bool(torch.backends.quantized.supported_engines) and \
+        return bool(torch.backends.quantized.supported_engines) and hasattr(torch, "quantize_per_channel") and \
             hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch.ops.quantized, "linear_prepack")
     except (AttributeError, RuntimeError):
         return False
