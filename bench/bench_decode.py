@@ -2,11 +2,12 @@
 blocks in int8 (--int8 in inference.py), and transformers' LlamaForCausalLM.generate on the same
 weights when transformers is installed.
 
-    python bench/bench_decode.py [--rounds 3] [--threads 2] [--skip_no_cache]
+    python bench/bench_decode.py [--rounds 5] [--threads 2] [--skip_no_cache]
 
 Ours and theirs alternate in one process (this machine's speed drifts) and each figure is the
-fastest of the rounds (the round least disturbed by other processes); greedy tokens are compared, since the weights are shared. The load average is
-printed before and after: other processes on a 2-core machine halve every figure."""
+fastest of the rounds (the round least disturbed by other processes); greedy tokens are
+compared, since the weights are shared. The load average is printed before and after: other
+processes on a 2-core machine can slow every figure many times over."""
 import argparse
 import copy
 import os
@@ -53,7 +54,8 @@ def main():
     except ImportError:
         pass
     quantized = quantize_int8(copy.deepcopy(ours)) if int8_available() else None
-    print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {a.threads} threads, vocab {CFG.vocab_size}, dim {CFG.dim}, {CFG.n_layers} layers, "
+    print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {a.threads} threads, "
+          f"vocab {CFG.vocab_size}, dim {CFG.dim}, {CFG.n_layers} layers, "
           f"{PROMPT}-token prompt, {NEW} new tokens, greedy")
     for batch in (1, 8):
         prompts = torch.randint(5, CFG.vocab_size, (batch, PROMPT)).tolist()
@@ -81,7 +83,8 @@ def main():
         for name, rate in rates.items():
             print(f"batch {batch}: {name:22s} {rate:9.1f} tok/s")
         if quantized is not None:
-            pairs = [(x, y) for r, q in zip(outputs["ours (KV cache)"], outputs["ours int8 (KV cache)"]) for x, y in zip(r, q)]
+            pairs = [(x, y) for r, q in zip(outputs["ours (KV cache)"], outputs["ours int8 (KV cache)"])
+                     for x, y in zip(r, q)]
             print(f"batch {batch}: int8 speed-up {rates['ours int8 (KV cache)'] / rates['ours (KV cache)']:.2f}x, "
                   f"greedy tokens equal to float32: {sum(x == y for x, y in pairs) / len(pairs):.1%}")
         if theirs is not None:
