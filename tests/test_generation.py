@@ -1,5 +1,7 @@
 """TextGenerator: batched == one by one, seeds, streaming that never splits a character, chat
 history trimming, fill-mask."""
+import random
+
 import pytest
 import torch
 
@@ -93,6 +95,16 @@ def test_stream_decoder_holds_back_partial_characters(tok):
     decoder = StreamDecoder(tok)
     out = [decoder.push(t) for t in ids]
     assert "".join(out) + decoder.flush() == "好" and all(p in ("", "好") for p in out)
+
+
+def test_stream_decoder_equals_decode_on_random_token_sequences(tok):
+    # Random ids include special tokens and stray continuation bytes: the stream must still join to
+    # exactly what decode() gives, replacement characters included.
+    rng = random.Random(0)
+    for _ in range(300):
+        ids = [rng.randrange(tok.vocab_size) for _ in range(rng.randrange(1, 25))]
+        decoder = StreamDecoder(tok)
+        assert "".join(decoder.push(t) for t in ids) + decoder.flush() == tok.decode(ids), ids
 
 
 def test_random_model_stream_matches_plain(tok):

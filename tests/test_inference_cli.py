@@ -25,7 +25,8 @@ def ckpts(tmp_path_factory):
 
 def cli(*args, stdin=None):
     return subprocess.run([sys.executable, os.path.join(ROOT, "inference.py"), *args], cwd=ROOT, input=stdin,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, encoding="utf-8", timeout=120,
+                          env={**os.environ, "PYTHONIOENCODING": "utf-8"})  # Chinese and emoji, whatever the locale
 
 
 def main(capsys, *args):
@@ -36,15 +37,15 @@ def main(capsys, *args):
 
 
 def test_prompt_seeded_and_streamed_equal(ckpts, capsys):
-    args = ["--model_path", ckpts["clm"], "--prompt", "To be", "--max_new_tokens", "20", "--seed", "5"]
+    args = ["--model_path", ckpts["clm"], "--prompt", "今天 👑", "--max_new_tokens", "30", "--seed", "5"]
     a, s = cli(*args), cli(*args, "--stream")
     b = main(capsys, *args)
     assert a.returncode == b.returncode == s.returncode == 0, a.stderr
-    assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("To be") and len(a.stdout) > len("To be\n")
+    assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("今天 👑") and len(a.stdout) > len("今天 👑\n")
     ema = main(capsys, *args, "--ema")
     assert ema.returncode == 0 and ema.stdout != a.stdout
     int8 = main(capsys, *args, "--int8", "--greedy")
-    assert int8.returncode == 0 and int8.stdout.startswith("To be") and len(int8.stdout) > len("To be\n"), int8.stderr
+    assert int8.returncode == 0 and int8.stdout.startswith("今天 👑") and len(int8.stdout) > len("今天 👑\n"), int8.stderr
 
 
 def test_batch_file_to_jsonl(ckpts, tmp_path, capsys):
