@@ -21,10 +21,15 @@ class GenerationConfig:
     stop_on_eos: bool = True
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0 or self.repetition_penalty <= 0:
-            raise ValueError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0, repetition_penalty > 0")
+        rules = [("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
+                 ("temperature", self.temperature >= 0, ">= 0 (0 means greedy)"),
+                 ("top_k", self.top_k >= 0, ">= 0 (0 keeps every token)"),
+                 ("top_p", 0 < self.top_p <= 1, "in (0, 1]"),
+                 ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 is off)"),
+                 ("no_repeat_ngram_size", self.no_repeat_ngram_size >= 0, ">= 0 (0 is off)")]
+        for name, ok, need in rules:
+            if not ok:
+                raise ValueError(f"{name} must be {need}, got {getattr(self, name)}")
 
 
 @torch.inference_mode()
