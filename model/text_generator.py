@@ -37,20 +37,23 @@ class TextGenerator:
         self.max_seq_len = model.config.max_seq_len
 
     # ---- helpers -------------------------------------------------------------------------------
-    def _fit(self, ids: List[int], config: GenerationConfig):
-        """Keep the prompt and the new tokens inside the context, cutting the prompt from the left."""
-        room = self.max_seq_len - config.max_new_tokens
-        max_new = config.max_new_tokens
-        if room < 1:  # more new tokens asked than the context holds: keep half a context of prompt
-            room = self.max_seq_len // 2
-            max_new = self.max_seq_len - room
-            print(f"warning: max_new_tokens {config.max_new_tokens} cut to {max_new}: prompt and new tokens share "
-                  f"a context of {self.max_seq_len}", file=sys.stderr)
+    def _budget(self, config: GenerationConfig, warn: bool = True):
+        """(room for the prompt, new tokens): both share the context of max_seq_len positions."""
+        if config.max_new_tokens < self.max_seq_len:
+            return self.max_seq_len - config.max_new_tokens, config.max_new_tokens
+        room = self.max_seq_len // 2  # more new tokens asked than the context holds: keep half for the prompt
+        if warn:
+            print(f"warning: max_new_tokens {config.max_new_tokens} cut to {self.max_seq_len - room}: prompt and "
+                  f"new tokens share a context of {self.max_seq_len}", file=sys.stderr)
+        return room, self.max_seq_len - room
+
+    def _cut(self, ids: List[int], room: int) -> List[int]:
+        """The prompt's ids, cut from the left (with a warning) to fit `room`; never empty."""
         if len(ids) > room:
             print(f"warning: prompt of {len(ids)} tokens cut to its last {room} to fit the context of "
                   f"{self.max_seq_len}", file=sys.stderr)
             ids = ids[-room:]
-        return ids or [self.tokenizer.bos_id], max_new
+        return ids or [self.tokenizer.bos_id]
 
     def _require_causal(self):
         if not self.model.config.causal:
@@ -60,7 +63,8 @@ class TextGenerator:
     def _run(self, prompt: str, config: GenerationConfig, on_piece=None) -> List[int]:
         """Generate for one prompt; on_piece(text) gets each complete piece and may return True to stop."""
         self._require_causal()
-        ids, max_new = self._fit(self.tokenizer.encode(prompt), config)
+        room, max_new = self._budget(config)
+        ids = self._cut(self.tokenizer.encode(prompt), room)
         config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
         on_token = None
         if on_piece is not None:
@@ -96,13 +100,12 @@ class TextGenerator:
         """batch_generate's new token ids (eos not included), for callers that count tokens."""
         self._require_causal()
         config = config or GenerationConfig()
-        fitted = [self._fit(self.tokenizer.encode(p), config) for p in prompts]
-        if not fitted:
+        if not prompts:
             return []
-        max_new = min(m for _, m in fitted)
+        room, max_new = self._budget(config)
+        ids = [self._cut(self.tokenizer.encode(p), room) for p in prompts]
         config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
-        return generate_tokens(self.model, [ids for ids, _ in fitted], config, self.tokenizer.eos_id,
-                               self.tokenizer.pad_id)
+        return generate_tokens(self.model, ids, config, self.tokenizer.eos_id, self.tokenizer.pad_id)
 
     # ---- chat ------------------------------------------------------------------------------------
     @staticmethod
@@ -113,7 +116,7 @@ class TextGenerator:
 
     def trim_history(self, history: List[dict], config: GenerationConfig) -> List[dict]:
         """Drop the oldest turns until the rendered conversation fits beside the new tokens."""
-        room = max(1, self.max_seq_len - config.max_new_tokens)
+        room = self._budget(config, warn=False)[0]
         history = list(history)
         while len(history) > 1 and len(self.tokenizer.encode(self.render_chat(history))) > room:
             history.pop(0)
