@@ -184,7 +184,6 @@ class Trainer:
             restore_rng(rng[self.info.rank])
         else:  # another world size: the data position maps exactly, dropout streams are reseeded
             seed_everything(self.cfg.train.seed + self.info.rank + self.step)
-        self.scheduler.total_steps = self.total_steps
         self.say(f"resumed from {path} at step {self.step} ({format_count(self.samples_seen)} samples seen)")
 
     # ---- checkpoints ----------------------------------------------------------------------
