@@ -1,8 +1,151 @@
-"""Small cross-cutting helpers: seeding, device and dtype resolution, formatting."""
+"""Small cross-cutting helpers: seeding, device and dtype resolution, formatting, safe file writes,
+and the one way every command turns a user's mistake into a single error line."""
+import errno
+import json
+import os
 import random
+import shutil
+import sys
 
 import numpy as np
 import torch
+
+IGNORE_INDEX = -100  # label of a position that carries no loss (model, masking and metrics agree on it)
+EXIT_BAD_INPUT = 2
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for or gave (flag, file, disk): printed as one line, exit 2.
+    ConfigError, DataError, CheckpointError and the CLIs' own errors derive from it."""
+
+
+class OutputError(UserError):
+    """An output path that cannot be written (read-only, missing, full disk)."""
+
+
+def run_cli(main, argv=None) -> int:
+    """Call main(argv); a UserError becomes `error: <message>` and exit 2, Ctrl-C exit 130 without a
+    traceback (as shells expect)."""
+    try:
+        return main(argv) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+def _free_bytes(path: str) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return -1
+
+
+def check_writable_dir(path: str, what: str) -> None:
+    """Create `path` if needed and prove a file can be written there, before any work starts."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"x")
+        os.remove(probe)
+    except OSError as e:
+        raise OutputError(f"{what} {path} is not writable ({e.strerror or e}); choose another directory "
+                          "or fix its permissions")
+
+
+def _is_disk_full(e: BaseException) -> bool:
+    if isinstance(e, OSError):
+        return e.errno in (errno.ENOSPC, errno.EDQUOT)
+    # torch.save to a full disk surfaces as a RuntimeError from its zip writer ("enforce fail ...").
+    return isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "No space left" in str(e))
+
+
+def atomic_write(path: str, write, binary: bool = True, size_hint: int = 0) -> None:
+    """Write `path` so that it exists only complete: write(f) into a temporary file in the same
+    directory, flush, fsync, rename, fsync the directory. A failure leaves the old file untouched
+    and no temporary behind; a full disk or unwritable directory is an OutputError of one line."""
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(tmp, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except (OSError, RuntimeError) as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        if _is_disk_full(e):
+            need = max(size_hint, written)
+            raise OutputError(f"no space left to write {path}: {_free_bytes(directory) / 1e6:.1f} MB free, "
+                              f"at least {need / 1e6:.1f} MB needed; free some space or choose another "
+                              "directory (earlier files are intact)") from None
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
+        raise
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    def write(f):
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+    atomic_write(path, write, binary=False)
+
+
+def remove_stale_temporaries(directory: str) -> int:
+    """Delete the `.<name>.tmp-<pid>` files of atomic writes killed midway (their process is gone)."""
+    removed = 0
+    if not os.path.isdir(directory):
+        return 0
+    for name in os.listdir(directory):
+        head, sep, pid = name.rpartition(".tmp-")
+        if not (name.startswith(".") and sep and pid.isdigit()):
+            continue
+        if int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                os.remove(os.path.join(directory, name))
+                removed += 1
+            except OSError:
+                pass
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_jsonl_records(path: str) -> list:
+    """The JSON objects of a JSONL file that a kill may have cut short: unreadable lines (the cut
+    last one, stray bytes) are skipped; [] when the file does not exist."""
+    if not os.path.isfile(path):
+        return []
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
 
 
 def seed_everything(seed: int) -> None:
@@ -16,6 +159,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def check_device(name: str) -> torch.device:
+    """--device as a torch.device this machine has, or one UserError line saying why not."""
+    try:
+        device = resolve_device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (try auto, cpu, cuda, cuda:1, mps)")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available here")
+    return device
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -45,4 +203,3 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB)."""
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-

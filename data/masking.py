@@ -6,7 +6,8 @@ else. Special tokens are never chosen and never drawn as replacements: both sets
 lists, never "every id below the vocabulary size"."""
 import torch
 
-IGNORE_INDEX = -100
+from utils import IGNORE_INDEX
+
 
 
 class MLMMasker:

@@ -2,10 +2,12 @@
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from utils import UserError
+
 OBJECTIVES = ("clm", "mlm")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot work; the message is one line naming the key."""
 
 

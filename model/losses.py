@@ -5,7 +5,8 @@ one-hot); backward only scales the stored gradients. Peak memory is one chunk of
 page faults of allocating a huge logits tensor every step disappear."""
 import torch
 
-IGNORE_INDEX = -100
+from utils import IGNORE_INDEX
+
 
 
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
