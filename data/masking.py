@@ -9,7 +9,6 @@ import torch
 from utils import IGNORE_INDEX
 
 
-
 class MLMMasker:
     def __init__(self, mask_id: int, special_ids, vocab_size: int, mask_rate: float = 0.15,
                  mask_token_frac: float = 0.8, random_token_frac: float = 0.1):

@@ -8,7 +8,6 @@ import torch
 from utils import IGNORE_INDEX
 
 
-
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk_rows):
