@@ -10,25 +10,20 @@ import sys
 
 import torch
 
-from model.config import ConfigError
-
-EXIT_BAD_INPUT = 2
+from utils import check_writable_dir, run_cli
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    from data.errors import DataError
-    from training.checkpoint import CheckpointError
     from training.config import build_config
     from training import distributed
 
-    default = "config.yaml" if os.path.exists("config.yaml") else None
-    info = None
+    cfg = build_config(argv, default_config="config.yaml" if os.path.exists("config.yaml") else None)
+    if "OMP_NUM_THREADS" not in os.environ:  # the user's setting wins; else share the cores between ranks
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    check_outputs(cfg)
+    info, device = distributed.setup(cfg.train.ddp, cfg.train.device)
     try:
-        cfg = build_config(argv, default_config=default)
-        if cfg.train.device == "cpu" or not torch.cuda.is_available():
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-        info, device = distributed.setup(cfg.train.ddp, cfg.train.device)
         from training.loop import Trainer, TrainingStopped
         trainer = Trainer(cfg, info, device)
         try:
@@ -41,12 +36,17 @@ def main(argv=None) -> int:
             from training.plot import plot_run
             plot_run(summary["run_dir"])
         return 0
-    except (ConfigError, DataError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     finally:
-        if info is not None:
-            distributed.teardown(info)
+        distributed.teardown(info)
+
+
+def check_outputs(cfg) -> None:
+    """Every directory the run writes to, proven writable before any work."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return
+    check_writable_dir(os.path.join(cfg.train.out_dir, cfg.train.run_name), "--out_dir")
+    if not cfg.data.train_bin:
+        check_writable_dir(cfg.data.out_dir, "--data.out_dir")
 
 
 def _print_summary(s: dict) -> None:
@@ -61,4 +61,4 @@ def _print_summary(s: dict) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

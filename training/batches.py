@@ -9,6 +9,7 @@ import torch
 from data.datasets import CausalWindows, MaskedWindows, SampleOrder
 from data.masking import MLMMasker
 from training.distributed import all_reduce_sum
+from utils import IGNORE_INDEX
 
 EVAL_SEED = 1234  # evaluation masks are drawn from this fixed seed so two evaluations agree
 
@@ -39,11 +40,14 @@ def fetch(windows, index: int, seed: int, position: int):
 
 
 def collate(windows, order: SampleOrder, positions, seed: int, device):
+    """(inputs, labels, number of labelled positions): the count is taken on the host before the
+    copy to the device, so normalising the loss never waits for the device."""
     xs, ys = zip(*(fetch(windows, order.index(p), seed, p) for p in positions))
     x, y = torch.stack(xs), torch.stack(ys)
+    n_targets = int((y != IGNORE_INDEX).sum())
     if device.type == "cuda":
         x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x, y
+    return x, y, n_targets
 
 
 def step_positions(order: SampleOrder, samples_seen: int, micro_batch: int, accumulation: int, rank: int,
@@ -74,7 +78,7 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
         loss_sum += out.loss_sum.float().item()
         targets += float(out.n_targets)
         if out.logits is not None and isinstance(windows, MaskedWindows):
-            correct += (out.logits.argmax(-1) == y[y != -100]).sum().item()
+            correct += (out.logits.argmax(-1) == y[y != IGNORE_INDEX]).sum().item()
     loss_sum, targets, correct = all_reduce_sum([loss_sum, targets, correct], info, device)
     model.train(was_training)
     if targets == 0:

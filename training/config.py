@@ -3,6 +3,7 @@
 Every key is checked before any work starts; a mistake stops the run with one line that names the
 key and what would be valid."""
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Optional
@@ -10,9 +11,9 @@ from typing import Optional
 import yaml
 
 from model.config import ConfigError, LMConfig
+from training.optim import OPTIMIZERS, check_settings as optimizer_problem
 from training.schedule import SCHEDULES
 
-OPTIMIZERS = ("adamw", "adam")
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 
@@ -39,7 +40,7 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"
     epochs: int = 1
-    max_steps: int = 0                    # > 0 overrides epochs
+    max_steps: int = 0                    # > 0 rules over epochs (a CLI --epochs drops a YAML max_steps)
     batch_size: int = 32                  # per process, per micro-step
     accumulation_steps: int = 1
     learning_rate: float = 3e-4
@@ -47,11 +48,12 @@ class TrainConfig:
     warmup: float = 0.05                  # steps (>= 1) or a fraction of the run (< 1)
     lr_scheduler: str = "cosine"
     lr_power: float = 1.0                 # polynomial decay exponent
-    optimizer_type: str = "adamw"
+    optimizer_type: str = "adamw"         # a name in training.optim.OPTIMIZERS
     weight_decay: float = 0.1
     decay_embeddings: bool = False
     beta1: float = 0.9
     beta2: float = 0.95
+    adam_eps: float = 1e-8
     grad_clip: float = 1.0                # 0 disables clipping (the norm is still logged)
     dtype: str = "auto"
     use_ema: bool = False
@@ -65,7 +67,6 @@ class TrainConfig:
     save_interval: int = 500
     keep_last: int = 3
     max_nan_steps: int = 5                # this many non-finite losses in a row stop the run
-    gradient_checkpointing: bool = False
     compile: bool = False
     ddp: bool = False
     resume: bool = False
@@ -83,6 +84,7 @@ class RunConfig:
     model: dict = field(default_factory=dict)   # LMConfig fields; vocab_size may be left to the tokenizer
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    notes: list = field(default_factory=list)   # how conflicting settings were resolved, for the log
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
@@ -91,7 +93,6 @@ class RunConfig:
     def model_config(self, vocab_size: int) -> LMConfig:
         d = dict(self.model)
         d.setdefault("vocab_size", vocab_size)
-        d["gradient_checkpointing"] = d.get("gradient_checkpointing", False) or self.train.gradient_checkpointing
         cfg = LMConfig.from_dict(d)
         if cfg.vocab_size < vocab_size:
             raise ConfigError(f"model.vocab_size ({cfg.vocab_size}) is smaller than the tokenizer's ({vocab_size})")
@@ -99,8 +100,12 @@ class RunConfig:
 
 
 SECTIONS = {"data": DataConfig, "train": TrainConfig}
-# Flags users type without a section prefix: every train field, e.g. --batch_size.
-SHORT_FLAGS = {f.name: "train" for f in fields(TrainConfig)}
+# Flags users type without a section prefix: every train field, e.g. --batch_size, and the model
+# switch users expect beside them.
+SHORT_FLAGS = {**{f.name: "train" for f in fields(TrainConfig)}, "gradient_checkpointing": "model"}
+# Model keys a run sets itself: a value given for them would be silently replaced.
+DERIVED_MODEL_KEYS = {"pad_token_id": "the pad id comes from the tokenizer"}
+MOVED_KEYS = {("train", "gradient_checkpointing"): "model.gradient_checkpointing (or --gradient_checkpointing)"}
 
 
 def _field_type(cls, name):
@@ -143,6 +148,8 @@ def _coerce(value, typ, key):
 
 
 def _model_value(key, value):
+    if key in DERIVED_MODEL_KEYS:
+        raise ConfigError(f"model.{key} cannot be set: {DERIVED_MODEL_KEYS[key]}")
     names = {f.name: f for f in fields(LMConfig)}
     if key not in names:
         raise ConfigError(f"unknown key model.{key}; valid keys: {', '.join(sorted(names))}")
@@ -155,6 +162,8 @@ def _apply(cfg: RunConfig, section: str, key: str, value) -> None:
         return
     if section not in SECTIONS:
         raise ConfigError(f"unknown config section {section!r}; valid sections: model, data, train")
+    if (section, key) in MOVED_KEYS:
+        raise ConfigError(f"{section}.{key} is now {MOVED_KEYS[section, key]}")
     obj = getattr(cfg, section)
     valid = [f.name for f in fields(obj)]
     if key not in valid:
@@ -186,6 +195,11 @@ def parse_cli(argv) -> tuple:
         if arg in ("-h", "--help"):
             print(usage())
             raise SystemExit(0)
+        if arg.replace("-", "_").startswith("__local_rank"):
+            # The legacy launcher (python -m torch.distributed.launch) passes --local-rank=N; the
+            # same rank is in the LOCAL_RANK environment variable, which is what we read.
+            i += 1 if "=" in arg else 2
+            continue
         if not arg.startswith("--"):
             raise ConfigError(f"unexpected argument {arg!r}; flags look like --batch_size 64 or --model.dim 256")
         name, eq, value = arg[2:].partition("=")
@@ -201,8 +215,8 @@ def parse_cli(argv) -> tuple:
             section, key = SHORT_FLAGS[name], name
         else:
             raise ConfigError(f"unknown flag --{name}; see python train.py --help")
-        is_bool = section in SECTIONS and key in {f.name for f in fields(SECTIONS[section])} \
-            and _field_type(SECTIONS[section], key) is bool
+        owner = LMConfig if section == "model" else SECTIONS.get(section)
+        is_bool = owner is not None and key in {f.name for f in fields(owner)} and _field_type(owner, key) is bool
         if not eq:
             if negate or (is_bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))):
                 value = "false" if negate else "true"
@@ -224,24 +238,48 @@ def build_config(argv, default_config: Optional[str] = None) -> RunConfig:
     config_path, overrides = parse_cli(list(argv))
     config_path = config_path or default_config
     cfg = RunConfig()
+    from_yaml = set()
     if config_path:
         for section, values in load_yaml(config_path).items():
             if not isinstance(values, dict):
                 raise ConfigError(f"{config_path}: section {section!r} must be a mapping")
             for key, value in values.items():
                 _apply(cfg, section, key, value)
+                from_yaml.add((section, key))
     for section, key, value in overrides:
         _apply(cfg, section, key, value)
+    _resolve_run_length(cfg, from_yaml, {(s, k) for s, k, _ in overrides}, config_path)
     validate(cfg)
     return cfg
 
 
+def _resolve_run_length(cfg, from_yaml: set, from_cli: set, config_path) -> None:
+    """epochs and max_steps both set the run's length. A command-line value beats the YAML's, so
+    --epochs on the command line drops a max_steps that came from the file; when both remain,
+    max_steps rules and the notes say so."""
+    t, epochs, steps = cfg.train, ("train", "epochs"), ("train", "max_steps")
+    if epochs in from_cli and steps not in from_cli and steps in from_yaml and t.max_steps > 0:
+        cfg.notes.append(f"--epochs {t.epochs} given: ignoring max_steps {t.max_steps} from {config_path}")
+        t.max_steps = 0
+    elif t.max_steps > 0 and (epochs in from_cli or epochs in from_yaml):
+        cfg.notes.append(f"max_steps {t.max_steps} rules: epochs {t.epochs} is ignored (pass --max_steps 0 to "
+                         "train by epochs)")
+
+
 def validate(cfg: RunConfig) -> None:
     t, d = cfg.train, cfg.data
+    for section, obj in (("train", t), ("data", d)):  # nan and inf pass every comparison below
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
     if t.lr_scheduler not in SCHEDULES:
         raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
-    if t.optimizer_type not in OPTIMIZERS:
-        raise ConfigError(f"train.optimizer_type must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer_type!r}")
+    problem = optimizer_problem(t)
+    if problem:
+        raise ConfigError(problem)
+    if t.grad_clip < 0:
+        raise ConfigError(f"train.grad_clip must be >= 0 (0 disables clipping), got {t.grad_clip}")
     if t.dtype not in DTYPE_CHOICES:
         raise ConfigError(f"train.dtype must be one of {', '.join(DTYPE_CHOICES)}, got {t.dtype!r}")
     for key in ("batch_size", "accumulation_steps", "eval_interval", "log_interval", "save_interval",
@@ -262,6 +300,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--resume and --force-fresh contradict each other; pass one")
     if not 0 <= d.val_ratio < 1:
         raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
+    if d.val_ratio == 0 and not d.val_bin:
+        raise ConfigError("data.val_ratio is 0, so no validation split would be made, and training needs one for "
+                          "evaluation, early stopping and best.pth: set data.val_ratio > 0 (e.g. 0.05) or give "
+                          "data.val_bin")
     if not 0 < d.mask_rate <= 1 or not 0 < d.eval_mask_rate <= 1:
         raise ConfigError("data.mask_rate and data.eval_mask_rate must be in (0, 1]")
     if d.mask_token_frac < 0 or d.random_token_frac < 0 or d.mask_token_frac + d.random_token_frac > 1:
@@ -273,7 +315,7 @@ def validate(cfg: RunConfig) -> None:
     if not d.inputs and not d.train_bin:
         raise ConfigError("data.inputs must list at least one JSONL file or glob")
     # The model section is checked by LMConfig itself (vocab_size may still come from the tokenizer).
-    LMConfig.from_dict({"vocab_size": 1 << 20, **cfg.model, "pad_token_id": 0})
+    LMConfig.from_dict({"vocab_size": 1 << 20, **cfg.model})
 
 
 def usage() -> str:
@@ -283,7 +325,10 @@ def usage() -> str:
             f"train keys (also settable as --train.<key>): {train_flags}\n"
             f"model keys: {' '.join(f.name for f in fields(LMConfig))}\n"
             f"data keys: {' '.join(f.name for f in fields(DataConfig))}\n"
-            "booleans: --use_ema / --use_ema false / --no-use_ema; --force-fresh equals --force_fresh")
+            "booleans: --use_ema / --use_ema false / --no-use_ema; --force-fresh equals --force_fresh\n"
+            f"optimizers: {'; '.join(f'{k}: {v.help}' for k, v in OPTIMIZERS.items())}\n"
+            "run length: max_steps > 0 rules over epochs; --epochs on the command line drops a max_steps "
+            "from the YAML file")
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from model.config import ConfigError
+from utils import check_device
 
 
 @dataclass
@@ -27,9 +28,9 @@ class DistInfo:
 
 
 def setup(ddp_flag: bool, device_name: str) -> tuple:
-    """Return (DistInfo, device). Refuses the two silent mistakes: --ddp without torchrun (one
-    process would think it is a whole cluster) and several torchrun processes without --ddp (each
-    would train its own copy)."""
+    """Return (DistInfo, device). Refuses the silent mistakes: --ddp without torchrun (one process
+    would think it is a whole cluster), several torchrun processes without --ddp (each would train
+    its own copy), and a --device that --ddp cannot honour (it would fall back to CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     under_torchrun = "RANK" in os.environ and "LOCAL_RANK" in os.environ
     if ddp_flag and not under_torchrun:
@@ -38,18 +39,30 @@ def setup(ddp_flag: bool, device_name: str) -> tuple:
         raise ConfigError(f"started by torchrun with {world} processes but without --ddp; add --ddp "
                           "(otherwise every process would train its own copy)")
     if not ddp_flag:
-        from utils import resolve_device
-        return DistInfo(), resolve_device(device_name)
+        return DistInfo(), check_device(device_name)
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), world)
-    if torch.cuda.is_available() and device_name in ("auto", "cuda"):
-        device = torch.device("cuda", info.local_rank)
+    device = _rank_device(device_name, info.local_rank)
+    if device.type == "cuda":
         torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device = torch.device("cpu")
-        backend = "gloo"
-    dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=datetime.timedelta(minutes=30))
     return info, device
+
+
+def _rank_device(name: str, local_rank: int) -> torch.device:
+    """Each rank's device under --ddp: cuda:<LOCAL_RANK> (nccl) or the CPU (gloo)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return torch.device("cpu")
+    if name != "cuda":
+        raise ConfigError(f"--device {name} with --ddp: each rank uses cuda:<LOCAL_RANK>, so pass --device cuda "
+                          "(choose GPUs with CUDA_VISIBLE_DEVICES) or --device cpu")
+    check_device("cuda")
+    if local_rank >= torch.cuda.device_count():
+        raise ConfigError(f"rank with LOCAL_RANK {local_rank} has no GPU: this machine has "
+                          f"{torch.cuda.device_count()}; start at most that many processes per node")
+    return torch.device("cuda", local_rank)
 
 
 def teardown(info: DistInfo) -> None:
@@ -64,6 +77,13 @@ def all_reduce_sum(values, info: DistInfo, device) -> list:
     t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return t.tolist()
+
+
+def all_reduce_(tensor: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Sum a device tensor over ranks in place; the host does not wait for the result."""
+    if info.enabled:
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def any_rank(flag: bool, info: DistInfo, device) -> bool:

@@ -48,12 +48,17 @@ class EMA:
         self._unique = list(first.values())
 
     @torch.no_grad()
-    def update(self, model) -> None:
+    def update(self, model, gate=None) -> None:
+        """gate: None, or a 0-dim device tensor, 1.0 to apply this update and 0.0 to leave the
+        averages as they are, decided on the device (a skipped step needs no host sync)."""
         live = _floating(model)
         shadow = [self.shadow[k] for k in self._unique]
         current = [live[k].float() for k in self._unique]  # a no-op for fp32 weights
         # lerp(s, w, 1 - decay) = decay * s + (1 - decay) * w, one fused pass over every tensor
-        torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
+        if gate is None:
+            torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
+        else:
+            torch._foreach_lerp_(shadow, current, [gate.float() * (1.0 - self.decay)] * len(shadow))
         self.num_updates += 1
 
     def state_dict(self) -> dict:

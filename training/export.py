@@ -2,52 +2,53 @@
 
     python -m training.export out/<run>/best.pth out/<run>/export              # this project's layout
     python -m training.export out/<run>/best.pth out/<run>/hf --format llama   # transformers' Llama layout
-    add --ema to export the EMA weights
 
-The llama format (causal models) is a directory LlamaForCausalLM.from_pretrained() and
-PreTrainedTokenizerFast(tokenizer_file=...) can read: weights renamed through model/llama_mapping.py."""
+The weights exported are the ones the run evaluated (EMA when it trained with --use_ema); --ema
+or --no-ema chooses. The llama format (causal models) is a directory LlamaForCausalLM.from_pretrained()
+and PreTrainedTokenizerFast(tokenizer_file=...) can read: weights renamed through model/llama_mapping.py."""
 import argparse
 import json
 import os
-import shutil
 import sys
 
-from safetensors.torch import save_file
 
-from model import LMConfig, Transformer
+
+from checkpoint import CheckpointError, load_for_inference
 from model.llama_mapping import llama_config_kwargs, to_llama_state_dict
-from training.checkpoint import CheckpointError, load_checkpoint, load_weights
+from utils import atomic_write, check_writable_dir, run_cli
 
 
-def export(checkpoint_path: str, out_dir: str, fmt: str = "native", use_ema: bool = False) -> str:
-    state = load_checkpoint(checkpoint_path)
-    cfg = LMConfig.from_dict(state["model_config"])
-    load_weights(Transformer(cfg), state["model"], checkpoint_path)  # refuse weights of another layout
-    weights = dict(state["model"])
-    if use_ema:
-        if not state.get("ema"):
-            raise CheckpointError(f"{checkpoint_path} holds no EMA weights")
-        weights.update(state["ema"])
+def export(checkpoint_path: str, out_dir: str, fmt: str = "native", use_ema=None, say=None) -> str:
+    model, cfg, tokenizer = load_for_inference(checkpoint_path, ema=use_ema, say=say)
+    weights = model.state_dict()
     if fmt == "llama":
         if not cfg.causal:
             raise CheckpointError("only causal (clm) models export to the Llama layout")
-        weights = to_llama_state_dict(weights, cfg)
+        try:
+            weights = to_llama_state_dict(weights, cfg)
+        except ValueError as e:
+            raise CheckpointError(f"{checkpoint_path}: {e}")
         if cfg.tie_embeddings:
             weights.pop("lm_head.weight")  # tied: the loader shares the embedding
         config = {**llama_config_kwargs(cfg), "architectures": ["LlamaForCausalLM"], "model_type": "llama",
-                  "torch_dtype": "float32", "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+                  "torch_dtype": "float32", "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id,
+                  "pad_token_id": tokenizer.pad_id}
     else:
         config = cfg.to_dict()
-    os.makedirs(out_dir, exist_ok=True)
+    check_writable_dir(out_dir, "export directory")
     # safetensors refuses tensors that share memory; each exported tensor gets its own storage.
-    save_file({k: v.detach().contiguous().clone() for k, v in weights.items()}, os.path.join(out_dir, "model.safetensors"),
-              metadata={"format": "pt", "source": os.path.basename(checkpoint_path), "layout": fmt})
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
-    tokenizer = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "tokenizer.json")
-    if os.path.exists(tokenizer):
-        shutil.copyfile(tokenizer, os.path.join(out_dir, "tokenizer.json"))
+    tensors = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    metadata = {"format": "pt", "source": os.path.basename(checkpoint_path), "layout": fmt}
+    atomic_write(os.path.join(out_dir, "model.safetensors"),
+                 lambda f: f.write(_safetensors_bytes(tensors, metadata)))
+    atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(config, f, indent=2), binary=False)
+    atomic_write(os.path.join(out_dir, "tokenizer.json"), lambda f: f.write(tokenizer.backend.to_str()), binary=False)
     return out_dir
+
+
+def _safetensors_bytes(tensors: dict, metadata: dict) -> bytes:
+    from safetensors.torch import save
+    return save(tensors, metadata=metadata)
 
 
 def main(argv=None) -> int:
@@ -55,15 +56,12 @@ def main(argv=None) -> int:
     p.add_argument("checkpoint")
     p.add_argument("out_dir")
     p.add_argument("--format", choices=["native", "llama"], default="native")
-    p.add_argument("--ema", action="store_true", help="export the EMA weights")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="--ema: the EMA weights; --no-ema: the raw ones; default: the weights the run evaluated")
     a = p.parse_args(argv)
-    try:
-        print(f"exported to {export(a.checkpoint, a.out_dir, a.format, a.ema)}")
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(f"exported to {export(a.checkpoint, a.out_dir, a.format, a.ema, say=lambda s: print(s, file=sys.stderr))}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -1,6 +1,39 @@
-"""Optimizer construction: no weight decay on norms, biases (and embeddings unless asked)."""
+"""Optimizers by name. An entry says which class it builds and how it treats weight decay; a new
+optimizer is one new entry (and its test). Norms, biases (and embeddings unless asked) never decay."""
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    cls: type
+    decoupled_decay: bool  # True: AdamW-style decay; False: decay would be L2 added to the gradient
+    help: str
+
+
+OPTIMIZERS = {
+    "adamw": OptimizerSpec(torch.optim.AdamW, True, "Adam with decoupled weight decay (the usual choice)"),
+    "adam": OptimizerSpec(torch.optim.Adam, False, "plain Adam; refuses weight_decay > 0, which Adam would "
+                                                    "apply as L2 through its moments, not as AdamW's decay"),
+}
+
+
+def check_settings(t) -> str:
+    """'' when the optimizer settings make sense, else one line naming the key."""
+    if t.optimizer_type not in OPTIMIZERS:
+        return f"train.optimizer_type must be one of {', '.join(OPTIMIZERS)}, got {t.optimizer_type!r}"
+    if not OPTIMIZERS[t.optimizer_type].decoupled_decay and t.weight_decay > 0:
+        return (f"train.optimizer_type {t.optimizer_type} would apply weight_decay {t.weight_decay:g} as coupled L2, "
+                "a different regulariser from AdamW's decay: pass --weight_decay 0 or use --optimizer_type adamw")
+    if not 0 <= t.beta1 < 1 or not 0 <= t.beta2 < 1:
+        return f"train.beta1 and train.beta2 must be in [0, 1), got {t.beta1}, {t.beta2}"
+    if not t.adam_eps > 0:
+        return f"train.adam_eps must be positive, got {t.adam_eps}"
+    if not t.weight_decay >= 0:
+        return f"train.weight_decay must be >= 0, got {t.weight_decay}"
+    return ""
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) -> list:
@@ -20,10 +53,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool) 
 
 def build_optimizer(model: nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
     groups = param_groups(model, t.weight_decay, t.decay_embeddings)
-    cls = torch.optim.AdamW if t.optimizer_type == "adamw" else torch.optim.Adam
-    kwargs = dict(lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=1e-8)
+    cls = OPTIMIZERS[t.optimizer_type].cls
+    kwargs = dict(lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.adam_eps)
     # The fused kernel is several times faster (CUDA and recent CPU builds); fall back where absent.
     try:
         return cls(groups, fused=True, **kwargs)
     except (RuntimeError, TypeError, ValueError):
         return cls(groups, **kwargs)
+
+
+def is_fused(optimizer: torch.optim.Optimizer) -> bool:
+    """Fused Adam(W) honours optimizer.found_inf: it can skip a step without the host looking."""
+    return bool(optimizer.defaults.get("fused"))

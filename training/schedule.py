@@ -5,7 +5,15 @@ on exactly the same curve."""
 import math
 import numbers
 
-SCHEDULES = ("cosine", "linear", "polynomial", "constant")
+# Decay after warmup, by name: the factor (1 at the end of warmup, 0 at the end of the run) for a
+# progress in [0, 1]; `power` is the polynomial's exponent. None: no decay at all (base_lr for
+# good, min_lr plays no part). A new schedule is one entry here.
+SCHEDULES = {
+    "cosine": lambda progress, power: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    "linear": lambda progress, power: 1.0 - progress,
+    "polynomial": lambda progress, power: (1.0 - progress) ** power,
+    "constant": None,
+}
 
 
 def resolve_warmup(warmup, total_steps: int) -> int:
@@ -45,17 +53,12 @@ def lr_at(step: int, *, base_lr: float, min_lr: float, warmup_steps: int, total_
     _check(kind, warmup_steps, power)
     if step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    if kind == "constant":
+    decay = SCHEDULES[kind]
+    if decay is None:
         return base_lr
     decay_steps = max(1, total_steps - warmup_steps)  # a run no longer than its warmup ends at min_lr
     progress = min(1.0, (step - warmup_steps) / decay_steps)
-    if kind == "cosine":
-        factor = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif kind == "linear":
-        factor = 1.0 - progress
-    else:
-        factor = (1.0 - progress) ** power
-    return min_lr + (base_lr - min_lr) * factor
+    return min_lr + (base_lr - min_lr) * decay(progress, power)
 
 
 class LRScheduler:
