@@ -17,62 +17,27 @@ from tqdm import tqdm
 
 from model.generation import GenerationConfig
 from model.text_generator import TextGenerator
+from utils import UserError, check_device, run_cli
 
-EXIT_BAD_INPUT = 2
+
+BATCH_SIZE = 8
+SAMPLING = {"max_new_tokens": 100, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.0,
+            "no_repeat_ngram_size": 0}
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A request this checkpoint or input cannot serve; printed as one line, exit code 2."""
 
 
-def pick_device(name: str) -> torch.device:
-    """--device as a torch.device, or one line saying why this machine cannot use it."""
-    from utils import resolve_device
-
-    try:
-        device = resolve_device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device name (try auto, cpu, cuda, cuda:1, mps)")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: this torch ({torch.__version__}) sees no CUDA GPU")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UsageError(f"--device {name}: MPS is not available here")
-    return device
-
-
-def load_generator(checkpoint_path: str, device: str = "auto", use_ema: bool = False,
-                   int8: bool = False) -> TextGenerator:
+def load_generator(checkpoint_path: str, device: str = "auto", use_ema=None, int8: bool = False,
+                   say=None) -> TextGenerator:
     """A TextGenerator from a checkpoint file (read with weights_only=True: it cannot run code).
+    use_ema: None = the weights the run evaluated, True = EMA, False = the raw trained weights.
     int8: the blocks' linear layers in int8 (CPU only, faster decoding, close to float32)."""
-    from data.errors import DataError
-    from data.tokenizer import load_tokenizer
-    from model import LMConfig, Transformer
-    from training.checkpoint import CheckpointError, load_checkpoint, load_weights
+    from checkpoint import load_for_inference
 
-    device = pick_device(device)
-    try:
-        state = load_checkpoint(checkpoint_path)
-        tok_path = os.path.join(os.path.dirname(os.path.abspath(checkpoint_path)), "tokenizer.json")
-        if not os.path.exists(tok_path):
-            tok_path = (state.get("config", {}).get("data", {}) or {}).get("tokenizer_path") or tok_path
-        tokenizer = load_tokenizer(tok_path)
-    except (CheckpointError, DataError) as e:
-        raise UsageError(str(e))
-    if state.get("tokenizer_fingerprint") not in (None, tokenizer.fingerprint()):
-        raise UsageError(f"{tok_path} is not the tokenizer {checkpoint_path} was trained with")
-    weights = state["model"]
-    if use_ema:
-        if not state.get("ema"):
-            raise UsageError(f"{checkpoint_path} holds no EMA weights (train with --use_ema)")
-        weights = {**weights, **state["ema"]}
-    try:
-        model = Transformer(LMConfig.from_dict(state["model_config"]))
-        load_weights(model, weights, checkpoint_path)
-    except (CheckpointError, ValueError) as e:  # ValueError: a model_config this version rejects
-        raise UsageError(str(e))
-    model = model.to(device)
+    model, _config, tokenizer = load_for_inference(checkpoint_path, ema=use_ema, device=check_device(device),
+                                                   say=say)
     if int8:
         from model.int8 import quantize_int8
         try:
@@ -92,30 +57,32 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--fill_mask", help="text with one or more <mask> tokens (masked-LM checkpoints)")
     p.add_argument("--stream", action="store_true", help="print tokens as they are produced")
     p.add_argument("--output", help="with --batch_file: write one JSON line per prompt here")
-    p.add_argument("--batch_size", type=int, default=8, help="with --batch_file: prompts generated together")
-    p.add_argument("--max_new_tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--batch_size", type=int, default=None,
+                   help=f"with --batch_file: prompts generated together (default {BATCH_SIZE})")
+    # Generation settings default to None so that giving one where it has no effect is refused.
+    p.add_argument("--max_new_tokens", type=int, default=None, help=f"default {SAMPLING['max_new_tokens']}")
+    p.add_argument("--temperature", type=float, default=None, help=f"default {SAMPLING['temperature']}")
     p.add_argument("--top_k", type=int, default=None,
                    help="sampling: keep the k most likely (default 50, 0 = all); fill-mask: candidates shown (default 5)")
-    p.add_argument("--top_p", type=float, default=0.9)
-    p.add_argument("--repetition_penalty", type=float, default=1.0)
-    p.add_argument("--no_repeat_ngram_size", type=int, default=0)
+    p.add_argument("--top_p", type=float, default=None, help=f"default {SAMPLING['top_p']}")
+    p.add_argument("--repetition_penalty", type=float, default=None, help=f"default {SAMPLING['repetition_penalty']}")
+    p.add_argument("--no_repeat_ngram_size", type=int, default=None, help=f"default {SAMPLING['no_repeat_ngram_size']}")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
     p.add_argument("--seed", type=int, default=None, help="same seed, same output")
     p.add_argument("--device", default="auto")
-    p.add_argument("--ema", action="store_true", help="use the EMA weights stored in the checkpoint")
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="--ema: the EMA weights; --no-ema: the raw trained weights; default: the weights the "
+                        "run evaluated (EMA when it trained with --use_ema)")
     p.add_argument("--int8", action="store_true",
                    help="CPU: run the blocks' linear layers in int8 (1.2-1.4x faster decoding, close to float32)")
     return p
 
 
 def generation_config(args) -> GenerationConfig:
+    given = {k: getattr(args, k) for k in SAMPLING if getattr(args, k) is not None}
     try:
         top_k = 50 if args.top_k is None else args.top_k
-        return GenerationConfig(do_sample=not args.greedy, temperature=args.temperature, top_k=top_k,
-                                top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-                                repetition_penalty=args.repetition_penalty,
-                                no_repeat_ngram_size=args.no_repeat_ngram_size, seed=args.seed)
+        return GenerationConfig(do_sample=not args.greedy, top_k=top_k, seed=args.seed, **{**SAMPLING, **given})
     except ValueError as e:
         raise UsageError(str(e))
 
@@ -139,9 +106,8 @@ def read_prompts(path: str) -> list:
     return prompts
 
 
-def run_batch(gen: TextGenerator, args, config) -> None:
+def run_batch(gen: TextGenerator, args, config, prompts) -> None:
     """Batches of --batch_size prompts of similar length (less padding); results in file order."""
-    prompts = read_prompts(args.batch_file)
     try:  # opened before generating, so an unwritable path fails at once, not after the work
         out = open(args.output, "w", encoding="utf-8") if args.output else None
     except OSError as e:
@@ -201,39 +167,65 @@ def run_interactive(gen: TextGenerator, args, config) -> None:
     print("bye")
 
 
+def check_flags(args) -> None:
+    """Refuse flags that the chosen mode would ignore, one line each."""
+    if args.output and not args.batch_file:
+        raise UsageError("--output goes with --batch_file")
+    if args.output and (os.path.isdir(args.output) or
+                        not os.access(os.path.dirname(os.path.abspath(args.output)), os.W_OK)):
+        raise UsageError(f"cannot write {args.output}: " + ("it is a directory" if os.path.isdir(args.output)
+                                                             else "its directory is missing or not writable"))
+    if args.batch_size is not None and not args.batch_file:
+        raise UsageError("--batch_size goes with --batch_file (prompts generated together)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
+    if args.stream and (args.batch_file or args.fill_mask is not None):
+        raise UsageError("--stream goes with --prompt or --interactive; --batch_file prints each result when "
+                         "its batch is done")
+    if args.fill_mask is not None:
+        ignored = [f"--{k}" for k in SAMPLING if getattr(args, k) is not None]
+        ignored += [f"--{k}" for k in ("greedy", "seed") if getattr(args, k)]
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)} has no effect with --fill_mask, which shows the --top_k most "
+                             "likely tokens for each mask")
+
+
 def main(argv=None) -> int:
+    return run_cli(_main, argv)
+
+
+def _main(argv) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.output and not args.batch_file:
-            raise UsageError("--output goes with --batch_file")
-        if args.batch_size < 1:
-            raise UsageError(f"--batch_size must be at least 1, got {args.batch_size}")
+        check_flags(args)
+        args.batch_size = args.batch_size or BATCH_SIZE
         config = generation_config(args)
-        pick_device(args.device)  # a wrong device is refused before the checkpoint is read
+        check_device(args.device)  # a wrong device or prompt file is refused before the checkpoint is read
+        prompts = read_prompts(args.batch_file) if args.batch_file else None
         if args.seed is not None:
             torch.manual_seed(args.seed)
-        gen = load_generator(args.model_path, args.device, args.ema, args.int8)
+        loaded = []  # which weights were loaded: said once the request is known to be servable
+        gen = load_generator(args.model_path, args.device, args.ema, args.int8, say=loaded.append)
         causal = gen.model.config.causal
         if args.fill_mask is not None:
             if causal:
                 raise UsageError("this checkpoint is a causal LM: it generates (--prompt), it does not fill masks")
-            run_fill_mask(gen, args)
         elif not causal:
             raise UsageError("this checkpoint is a masked LM: it fills masks (--fill_mask), it does not generate")
+        for line in loaded:
+            print(line, file=sys.stderr)
+        if args.fill_mask is not None:
+            run_fill_mask(gen, args)
         elif args.batch_file:
-            run_batch(gen, args, config)
+            run_batch(gen, args, config, prompts)
         elif args.interactive:
             run_interactive(gen, args, config)
         else:
             print(args.prompt, end="", flush=True)
             text = gen.generate(args.prompt, config, stream=args.stream)
             print("" if args.stream else text)
-    except (UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:  # Ctrl-C outside the REPL: stop quietly, as shells expect
-        print(file=sys.stderr)
-        return 130
+    except ValueError as e:  # a prompt or setting the generator refuses
+        raise UsageError(str(e))
     return 0
 
 

@@ -6,7 +6,7 @@ import torch
 
 from data.tokenizer import train_tokenizer
 from model import LMConfig, Transformer
-from training.checkpoint import atomic_save
+import checkpoint
 
 LINES = ["To be, or not to be, that is the question.", "今天心情很好，我们去公园吧。", "The king 👑 and the queen 🎭.",
          "Now is the winter of our discontent.", "Friends, Romans, countrymen, lend me your ears."]
@@ -30,11 +30,13 @@ def tiny_model(objective="clm", seed=0, vocab_size=320):
 def save_checkpoint(run_dir, model, tokenizer, ema=False):
     os.makedirs(run_dir, exist_ok=True)
     tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
-    state = {"format": 1, "model": model.state_dict(), "model_config": model.config.to_dict(), "step": 1,
-             "config": {}, "tokenizer_fingerprint": tokenizer.fingerprint(),
-             "ema": {k: v + 1.0 for k, v in model.state_dict().items()} if ema else None}
+    parts = {"model": model.state_dict()}
+    if ema:
+        parts["ema"] = {k: v + 1.0 for k, v in model.state_dict().items()}
     path = os.path.join(run_dir, "best.pth")
-    atomic_save(state, path)
+    # evaluated="model": these fixtures stand for a run that evaluated its raw weights
+    checkpoint.write(path, parts, kind="weights", step=1, model_config=model.config.to_dict(), config={},
+                     tokenizer=tokenizer, evaluated="model")
     return path
 
 

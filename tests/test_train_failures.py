@@ -10,12 +10,12 @@ import torch
 
 from tests.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, train_cmd, weights,
                                  write_config)
-from training.checkpoint import CheckpointError, atomic_save, latest_checkpoint, load_checkpoint
+from checkpoint import FORMAT, CheckpointError, atomic_save, latest_checkpoint, load_checkpoint
 
 KILL_DURING_SAVE = """
 import sys, torch
 sys.path.insert(0, {root!r})
-from training.checkpoint import atomic_save
+from checkpoint import atomic_save
 print("writing", flush=True)
 atomic_save({{"model": {{"w": torch.zeros(64, 1024, 1024)}}, "model_config": {{}}}}, {path!r})
 """
@@ -23,7 +23,7 @@ atomic_save({{"model": {{"w": torch.zeros(64, 1024, 1024)}}, "model_config": {{}
 
 def test_kill_during_checkpoint_write_keeps_previous_and_no_partial_file(tmp_path):
     path = str(tmp_path / "checkpoint_step_2.pth")
-    atomic_save({"model": {"w": torch.ones(3)}, "model_config": {}, "step": 2}, path)
+    atomic_save({"format": FORMAT, "model": {"w": torch.ones(3)}, "model_config": {}, "step": 2}, path)
     # Overwrite the same name from another process and SIGKILL it mid-write (256 MB to write).
     proc = subprocess.Popen([sys.executable, "-c", KILL_DURING_SAVE.format(root=ROOT, path=path)],
                             stdout=subprocess.PIPE, text=True)
