@@ -65,3 +65,29 @@ def test_yaml_errors_name_the_file(tmp_path):
 def test_parse_cli_keeps_config_path():
     path, overrides = parse_cli(["--config", "x.yaml", "--epochs", "3"])
     assert path == "x.yaml" and overrides == [("train", "epochs", "3")]
+
+
+def test_run_length_from_cli_and_yaml(tmp_path):
+    path = write(tmp_path, "train:\n  max_steps: 300\n")
+    cfg = build_config(["--config", path, "--epochs", "3"])
+    assert (cfg.train.epochs, cfg.train.max_steps) == (3, 0)       # the CLI's --epochs beats the YAML's max_steps
+    assert "ignoring max_steps 300" in cfg.notes[0]
+    cfg = build_config(["--config", path, "--epochs", "3", "--max_steps", "50"])
+    assert cfg.train.max_steps == 50 and "max_steps 50 rules" in cfg.notes[0]
+    cfg = build_config(["--config", write(tmp_path, "train:\n  epochs: 2\n"), "--max_steps", "10"])
+    assert cfg.train.max_steps == 10 and "max_steps 10 rules" in cfg.notes[0]
+    assert build_config(["--config", write(tmp_path, "train:\n  max_steps: 7\n")]).notes == []
+
+
+def test_gradient_checkpointing_is_one_key_the_cli_can_switch_off(tmp_path):
+    path = write(tmp_path, "model:\n  gradient_checkpointing: true\n")
+    assert build_config(["--config", path]).model["gradient_checkpointing"] is True
+    assert build_config(["--config", path, "--no-gradient_checkpointing"]).model["gradient_checkpointing"] is False
+    assert build_config(["--gradient_checkpointing"]).model["gradient_checkpointing"] is True
+    with pytest.raises(ConfigError, match="train.gradient_checkpointing is now model.gradient_checkpointing"):
+        build_config(["--config", write(tmp_path, "train:\n  gradient_checkpointing: true\n")])
+
+
+def test_legacy_local_rank_flag_is_accepted():
+    for argv in (["--local-rank=0", "--epochs", "2"], ["--local_rank", "1", "--epochs", "2"]):
+        assert parse_cli(argv)[1] == [("train", "epochs", "2")]

@@ -338,8 +338,9 @@ class Trainer:
     def train(self) -> dict:
         t, info = self.cfg.train, self.info
         cadence = Cadence(t, self.total_steps)
+        threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
         self.say(f"training {format_count(self.raw_model.num_params())} parameters ({self.model_config.objective}) "
-                 f"on {self.device} x{info.world_size}, {self.dtype}, global batch {self.global_batch} x "
+                 f"on {self.device} x{info.world_size}{threads}, {self.dtype}, global batch {self.global_batch} x "
                  f"{self.model_config.max_seq_len} tokens, {self.total_steps} steps -> {self.run_dir}")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not info.is_main, dynamic_ncols=True,
                    unit="step")
