@@ -144,3 +144,35 @@ def test_bad_requests_exit_2_with_one_line(ckpts, tmp_path, capsys):
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, proc.stderr
     # A checkpoint carries its tokenizer: copied alone, it still generates.
     assert main(capsys, "--model_path", str(no_tokenizer), "--prompt", "To be", "--max_new_tokens", "3").returncode == 0
+
+
+def test_flags_the_mode_would_ignore_are_refused(ckpts, tmp_path, capsys):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("To be\n", encoding="utf-8")
+    cases = [
+        (["--model_path", ckpts["clm"], "--batch_file", str(prompts), "--stream"], "--stream goes with --prompt"),
+        (["--model_path", ckpts["clm"], "--prompt", "x", "--batch_size", "4"], "--batch_size goes with --batch_file"),
+        (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--temperature", "0.5"],
+         "--temperature has no effect with --fill_mask"),
+        (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--greedy", "--seed", "3"],
+         "--greedy, --seed has no effect with --fill_mask"),
+        (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--stream"], "--stream goes with --prompt"),
+        (["--model_path", os.path.dirname(ckpts["clm"]), "--prompt", "x"], "is a directory, not a checkpoint file; "
+                                                                           "it holds best.pth"),
+    ]
+    for args, fragment in cases:
+        proc = main(capsys, *args)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and fragment in proc.stderr, (args, proc.stderr)
+
+
+def test_ema_checkpoint_says_which_weights_it_uses(ckpts, capsys):
+    proc = main(capsys, "--model_path", ckpts["clm"], "--prompt", "To be", "--max_new_tokens", "2", "--greedy")
+    assert proc.returncode == 0 and "using the raw trained weights (the ones the run evaluated)" in proc.stderr
+    proc = main(capsys, "--model_path", ckpts["clm"], "--prompt", "To be", "--max_new_tokens", "2", "--ema")
+    assert proc.returncode == 0 and "using the EMA weights" in proc.stderr
+
+
+def test_inference_does_not_import_training_code():
+    code = "import sys, inference, checkpoint, model.int8; print(sorted(m for m in sys.modules if m.split('.')[0] == 'training'))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
