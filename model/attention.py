@@ -31,6 +31,13 @@ def _rotary_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim):
     return q, k, heads[:, :, n_qk:].transpose(1, 2)
 
 
+def _plain_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim):
+    """_rotary_heads for a model without rotary positions: q, k and v as projected (cos and sin
+    are None)."""
+    b, t, _ = qkv.shape
+    return qkv.view(b, t, -1, head_dim).transpose(1, 2).split((n_heads, n_kv_heads, n_kv_heads), dim=1)
+
+
 class _RotaryHeads(torch.autograd.Function):
     """_rotary_heads with a backward that writes the q, k and v gradients straight into one
     [B, T, (H + 2 Hkv) * D] tensor. Autograd through the slices would zero-fill and add a
@@ -56,13 +63,18 @@ class _RotaryHeads(torch.autograd.Function):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0):
+    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True):
+        """bias: biases on the q/k/v and output projections. rotary: q and k are rotated by the
+        (cos, sin) tables forward receives; without it they are used as projected."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         # q, k and v projections as one matrix (rows: q heads, then k heads, then v heads): one
         # matmul instead of three, which matters most when decoding one token at a time.
-        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=False)
-        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=False)
+        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
+        self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
+        # How the fused projection becomes heads (with autograd, without), chosen once here so that
+        # forward does not test the choice again.
+        self._heads_grad, self._heads = (_RotaryHeads.apply, _rotary_heads) if rotary else (_plain_heads, _plain_heads)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -72,9 +84,9 @@ class Attention(nn.Module):
         qkv = self.wqkv(x)
         heads = (qkv, cos, sin, self.n_heads, self.n_kv_heads, self.head_dim)
         if torch.is_grad_enabled() and qkv.requires_grad:
-            q, k, v = _RotaryHeads.apply(*heads)
+            q, k, v = self._heads_grad(*heads)
         else:  # inference: no autograd bookkeeping
-            q, k, v = _rotary_heads(*heads)
+            q, k, v = self._heads(*heads)
         if cache is not None:
             end = cache.length + t
             cache.k[layer, :, :, cache.length:end] = k

@@ -2,6 +2,7 @@
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from model.layers import FEED_FORWARDS, NORMS, POSITIONS
 from utils import UserError
 
 OBJECTIVES = ("clm", "mlm")
@@ -18,7 +19,7 @@ class LMConfig:
     n_layers: int = 4
     n_heads: int = 4
     n_kv_heads: Optional[int] = None      # None -> n_heads (plain multi-head attention)
-    hidden_dim: Optional[int] = None      # None -> SwiGLU size ~8/3*dim rounded up to multiple_of
+    hidden_dim: Optional[int] = None      # None -> the feed-forward's own default (swiglu ~8/3*dim, gelu 4*dim)
     multiple_of: int = 32
     max_seq_len: int = 256
     dropout: float = 0.0
@@ -29,10 +30,21 @@ class LMConfig:
     init_std: float = 0.02
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
     pad_token_id: int = 0
+    # Block pieces, each a name in its registry (model/layers.py); the defaults are the Llama block.
+    norm: str = "rmsnorm"                 # rmsnorm | layernorm (weight and bias)
+    positions: str = "rope"               # rope | none (no position encoding)
+    feed_forward: str = "swiglu"          # swiglu | gelu (Linear -> GELU -> Linear)
+    bias: bool = False                    # biases in the attention projections and the feed-forward
 
     def __post_init__(self):
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
+        for key, registry in (("norm", NORMS), ("positions", POSITIONS), ("feed_forward", FEED_FORWARDS)):
+            value = getattr(self, key)
+            if not isinstance(value, str) or value not in registry:
+                raise ConfigError(f"model.{key} must be one of {', '.join(registry)}, got {value!r}")
+        if not isinstance(self.bias, bool):
+            raise ConfigError(f"model.bias must be true or false, got {self.bias!r}")
         for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -43,7 +55,7 @@ class LMConfig:
             raise ConfigError(f"model.dim ({self.dim}) must be divisible by model.n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"model.n_heads ({self.n_heads}) must be divisible by model.n_kv_heads ({self.n_kv_heads})")
-        if (self.dim // self.n_heads) % 2:
+        if POSITIONS[self.positions].rotary and (self.dim // self.n_heads) % 2:
             raise ConfigError(f"model.dim / model.n_heads = {self.dim // self.n_heads} must be even for rotary embeddings")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
@@ -62,8 +74,7 @@ class LMConfig:
     def ffn_dim(self) -> int:
         if self.hidden_dim is not None:
             return self.hidden_dim
-        hidden = int(2 * (4 * self.dim) / 3)
-        return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
+        return FEED_FORWARDS[self.feed_forward].default_hidden_dim(self.dim, self.multiple_of)
 
     @property
     def causal(self) -> bool:

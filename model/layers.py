@@ -1,4 +1,8 @@
-"""Small swappable pieces of the Transformer: norm, rotary positions, feed-forward."""
+"""Small swappable pieces of the Transformer: norm, positions, feed-forward.
+
+Each kind of piece has a registry (NORMS, POSITIONS, FEED_FORWARDS): a name, as written in
+LMConfig, mapped to a class whose from_config(cfg) builds it. The model looks pieces up by name
+when it is built, never in forward; a new piece is a new class, one registry entry and its test."""
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -33,6 +37,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    @classmethod
+    def from_config(cls, cfg) -> "RMSNorm":
+        return cls(cfg.dim, cfg.norm_eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             if x.device.type == "cpu" and torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
@@ -44,9 +52,29 @@ class RMSNorm(nn.Module):
         return (x32 * self.weight.float()).type_as(x)
 
 
+class LayerNorm(nn.LayerNorm):
+    """torch's LayerNorm (weight and bias; state-dict keys weight, bias), built from a config."""
+
+    @classmethod
+    def from_config(cls, cfg) -> "LayerNorm":
+        return cls(cfg.dim, eps=cfg.norm_eps)
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+
+
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding in the split-halves convention (channel i of a head pairs with
-    channel i + head_dim/2), the layout Llama checkpoints use."""
+    channel i + head_dim/2), the layout Llama checkpoints use.
+
+    A positions piece gives the model tables(positions, dtype, checked), handed to every
+    attention layer as (cos, sin), and says with `rotary` whether attention rotates q and k."""
+
+    rotary = True
+
+    @classmethod
+    def from_config(cls, cfg) -> "RotaryEmbedding":
+        return cls(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
 
     def __init__(self, head_dim: int, max_seq_len: int, theta: float = 10000.0):
         super().__init__()
@@ -71,6 +99,29 @@ class RotaryEmbedding(nn.Module):
         if dtype is not None and dtype != cos.dtype:
             cos, sin = cos.to(dtype), sin.to(dtype)
         return cos.unsqueeze(-2), sin.unsqueeze(-2)
+
+
+class NoPositions(nn.Module):
+    """No position encoding at all: attention sees q and k as projected (order comes only from a
+    causal mask). Positions are still bounded by max_seq_len, as with every positions piece."""
+
+    rotary = False
+
+    def __init__(self, max_seq_len: int):
+        super().__init__()
+        self.max_seq_len = max_seq_len
+
+    @classmethod
+    def from_config(cls, cfg) -> "NoPositions":
+        return cls(cfg.max_seq_len)
+
+    def tables(self, positions: torch.Tensor, dtype=None, checked: bool = False):
+        if not checked and int(positions.max()) >= self.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.max_seq_len}")
+        return None, None
+
+
+POSITIONS = {"rope": RotaryEmbedding, "none": NoPositions}
 
 
 def rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
@@ -115,12 +166,24 @@ class _SiluGate(torch.autograd.Function):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0):
+    """w_down(silu(gate) * up): three matrices, gate and up fused into one (Llama's MLP)."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
         self.hidden_dim = hidden_dim
-        self.w_gate_up = nn.Linear(dim, 2 * hidden_dim, bias=False)  # gate rows, then up rows: one matmul
-        self.w_down = nn.Linear(hidden_dim, dim, bias=False)
+        self.w_gate_up = nn.Linear(dim, 2 * hidden_dim, bias=bias)  # gate rows, then up rows: one matmul
+        self.w_down = nn.Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @staticmethod
+    def default_hidden_dim(dim: int, multiple_of: int) -> int:
+        """~8/3 * dim (the same parameters as a 4 * dim two-matrix MLP), rounded up to multiple_of."""
+        hidden = int(2 * (4 * dim) / 3)
+        return multiple_of * ((hidden + multiple_of - 1) // multiple_of)
+
+    @classmethod
+    def from_config(cls, cfg) -> "SwiGLU":
+        return cls(cfg.dim, cfg.ffn_dim, cfg.dropout, cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate_up = self.w_gate_up(x)
@@ -130,3 +193,29 @@ class SwiGLU(nn.Module):
             gate, up = gate_up.chunk(2, dim=-1)
             hidden = F.silu(gate) * up
         return self.dropout(self.w_down(hidden))
+
+
+class GeluMLP(nn.Module):
+    """w_down(gelu(w_up(x))): two matrices, exact (erf) GELU: BERT's MLP. (GPT-2 uses the tanh
+    approximation of GELU: another piece when its family comes.)"""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.w_up = nn.Linear(dim, hidden_dim, bias=bias)
+        self.w_down = nn.Linear(hidden_dim, dim, bias=bias)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    @staticmethod
+    def default_hidden_dim(dim: int, multiple_of: int) -> int:
+        return 4 * dim
+
+    @classmethod
+    def from_config(cls, cfg) -> "GeluMLP":
+        return cls(cfg.dim, cfg.ffn_dim, cfg.dropout, cfg.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w_down(F.gelu(self.w_up(x))))
+
+
+FEED_FORWARDS = {"swiglu": SwiGLU, "gelu": GeluMLP}

@@ -14,7 +14,7 @@ from torch.utils.checkpoint import checkpoint
 
 from model.attention import Attention, KVCache
 from model.config import LMConfig
-from model.layers import RMSNorm, RotaryEmbedding, SwiGLU
+from model.layers import FEED_FORWARDS, NORMS, POSITIONS
 from model.losses import IGNORE_INDEX, chunked_cross_entropy_sum
 
 
@@ -27,12 +27,18 @@ class ModelOutput:
 
 
 class Block(nn.Module):
+    """Pre-norm block: x + attention(norm(x)), then x + feed_forward(norm(x)). The norm and
+    feed-forward come from their registries by the config's names; so does the positions piece,
+    whose `rotary` tells attention whether to rotate q and k."""
+
     def __init__(self, cfg: LMConfig):
         super().__init__()
-        self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.dropout)
-        self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.feed_forward = SwiGLU(cfg.dim, cfg.ffn_dim, cfg.dropout)
+        norm = NORMS[cfg.norm]
+        self.attention_norm = norm.from_config(cfg)
+        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, bias=cfg.bias,
+                                   rotary=POSITIONS[cfg.positions].rotary)
+        self.ffn_norm = norm.from_config(cfg)
+        self.feed_forward = FEED_FORWARDS[cfg.feed_forward].from_config(cfg)
 
     def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None, layer=0):
         x = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, cache, layer)
@@ -45,7 +51,7 @@ class MLMHead(nn.Module):
     def __init__(self, cfg: LMConfig):
         super().__init__()
         self.dense = nn.Linear(cfg.dim, cfg.dim)
-        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.norm = NORMS[cfg.norm].from_config(cfg)
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
     def forward(self, h, decoder_weight):
@@ -59,8 +65,8 @@ class Transformer(nn.Module):
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.rope = RotaryEmbedding(config.head_dim, config.max_seq_len, config.rope_theta)
+        self.norm = NORMS[config.norm].from_config(config)
+        self.positions = POSITIONS[config.positions].from_config(config)  # no parameters, no state-dict keys
         if config.causal:
             self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
             self.mlm_head = None
@@ -85,7 +91,7 @@ class Transformer(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------
     def _positions_and_mask(self, input_ids, attention_mask, cache):
-        """RoPE positions [B, T] (or [T]) and a bool attention mask [B, 1, T, S] (None: plain)."""
+        """Positions [B, T] (or [T]) and a bool attention mask [B, 1, T, S] (None: plain)."""
         b, t = input_ids.shape
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -116,7 +122,7 @@ class Transformer(nn.Module):
             cache.check_room(input_ids.shape[1])
         positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
         # With a cache, check_room already bounded every position by max_seq_len.
-        cos, sin = self.rope.tables(positions, dtype=self.tok_embeddings.weight.dtype, checked=cache is not None)
+        cos, sin = self.positions.tables(positions, dtype=self.tok_embeddings.weight.dtype, checked=cache is not None)
         is_causal = self.config.causal and mask is None and (cache is None or cache.length == 0)
         x = self.dropout(self.tok_embeddings(input_ids))
         for i, layer in enumerate(self.layers):

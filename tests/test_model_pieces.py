@@ -1,0 +1,285 @@
+"""Block pieces chosen by name (model.norm, model.positions, model.feed_forward, model.bias): each
+piece against a plain reference, a non-default model that trains and decodes with its KV cache
+exactly as its full forward, bad names refused, and the default block's state-dict keys unchanged."""
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import ConfigError, LMConfig, Transformer
+from model.attention import Attention
+from model.generation import GenerationConfig, generate_tokens
+from model.layers import FEED_FORWARDS, NORMS, POSITIONS, GeluMLP, NoPositions, SwiGLU
+
+SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
+OTHER = dict(norm="layernorm", positions="none", feed_forward="gelu", bias=True)  # every piece non-default
+
+
+def make(seed=0, **kw):
+    torch.manual_seed(seed)
+    return Transformer(LMConfig(**{**SMALL, **kw})).eval()
+
+
+def _randomise(module, seed=1):
+    """Random values in every parameter (biases and norm weights start at 0 and 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return module
+
+
+# ---- each piece against a plain reference ---------------------------------------------------
+
+def test_layernorm_piece_equals_torch_layernorm():
+    cfg = LMConfig(**SMALL, norm="layernorm", norm_eps=1e-6)
+    ours = _randomise(NORMS["layernorm"].from_config(cfg))
+    assert sorted(n for n, _ in ours.named_parameters()) == ["bias", "weight"]
+    reference = torch.nn.LayerNorm(64, eps=1e-6)
+    reference.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 7, 64) * 2 + 0.5
+    assert torch.allclose(ours(x), reference(x), atol=1e-6)
+    by_hand = (x - x.mean(-1, keepdim=True)) / torch.sqrt(x.var(-1, unbiased=False, keepdim=True) + 1e-6)
+    assert torch.allclose(ours(x), by_hand * ours.weight + ours.bias, atol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_gelu_mlp_equals_plain_gelu_mlp(bias):
+    cfg = LMConfig(**SMALL, feed_forward="gelu", bias=bias)
+    mlp = _randomise(FEED_FORWARDS["gelu"].from_config(cfg))
+    assert cfg.ffn_dim == 4 * 64 and mlp.w_up.weight.shape == (256, 64) and mlp.w_down.weight.shape == (64, 256)
+    assert (mlp.w_up.bias is not None) == bias == (mlp.w_down.bias is not None)
+    x = torch.randn(2, 5, 64, requires_grad=True)
+    w1, w2 = mlp.w_up.weight, mlp.w_down.weight
+    b1 = mlp.w_up.bias if bias else torch.zeros(256)
+    b2 = mlp.w_down.bias if bias else torch.zeros(64)
+    reference = (F.gelu(x @ w1.T + b1) @ w2.T + b2)
+    out = mlp(x)
+    assert torch.allclose(out, reference, atol=1e-5)
+    g = torch.randn_like(out)
+    (grad_ours,) = torch.autograd.grad(out, x, g)
+    (grad_ref,) = torch.autograd.grad(reference, x, g)
+    assert torch.allclose(grad_ours, grad_ref, atol=1e-5)
+
+
+def test_swiglu_with_biases_equals_plain_swiglu():
+    mlp = _randomise(SwiGLU(16, 24, bias=True))
+    x = torch.randn(3, 5, 16, requires_grad=True)
+    gate_w, up_w = mlp.w_gate_up.weight.chunk(2)
+    gate_b, up_b = mlp.w_gate_up.bias.chunk(2)
+    reference = (F.silu(x @ gate_w.T + gate_b) * (x @ up_w.T + up_b)) @ mlp.w_down.weight.T + mlp.w_down.bias
+    out = mlp(x)  # training path: the hand-written _SiluGate backward
+    assert torch.allclose(out, reference, atol=1e-5)
+    g = torch.randn_like(out)
+    ours = torch.autograd.grad(out, [x, *mlp.parameters()], g)
+    theirs = torch.autograd.grad(reference, [x, *mlp.parameters()], g)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_default_hidden_sizes():
+    assert LMConfig(dim=256).ffn_dim == 704                    # swiglu: 8/3 * 256 rounded up to 32, as before
+    assert LMConfig(dim=256, feed_forward="gelu").ffn_dim == 1024
+    assert LMConfig(dim=256, feed_forward="gelu", hidden_dim=300).ffn_dim == 300
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_attention_without_positions_equals_plain_attention(bias):
+    """rotary=False: softmax(q k^T / sqrt(d)) v with q, k, v straight from the projections."""
+    attn = _randomise(Attention(32, 4, 2, bias=bias, rotary=False)).eval()
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    wq, wk, wv = attn.wqkv.weight.split((32, 16, 16))
+    bq, bk, bv = attn.wqkv.bias.split((32, 16, 16)) if bias else (0, 0, 0)
+
+    def heads(t, n):
+        return t.view(2, 9, n, 8).transpose(1, 2).repeat_interleave(4 // n, dim=1)
+    q, k, v = heads(x @ wq.T + bq, 4), heads(x @ wk.T + bk, 2), heads(x @ wv.T + bv, 2)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+    scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
+    mixed = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 9, 32)
+    reference = mixed @ attn.wo.weight.T + (attn.wo.bias if bias else 0)
+    out = attn(x, None, None, is_causal=True)
+    assert torch.allclose(out, reference, atol=1e-5)
+    g = torch.randn_like(out)
+    assert torch.allclose(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(reference, x, g)[0], atol=1e-5)
+
+
+def test_no_positions_piece_has_no_tables_and_keeps_the_length_limit():
+    pos = POSITIONS["none"].from_config(LMConfig(**SMALL, positions="none"))
+    assert isinstance(pos, NoPositions) and not pos.rotary and POSITIONS["rope"].rotary
+    assert pos.tables(torch.arange(48)) == (None, None) and list(pos.state_dict()) == []
+    with pytest.raises(ValueError, match="position 48 is beyond max_seq_len 48"):
+        pos.tables(torch.arange(49))
+
+
+def test_without_positions_a_masked_lm_cannot_tell_order():
+    """Bidirectional attention and no position encoding: permuting the tokens permutes the
+    outputs, the same numbers in a new order (with rope they change)."""
+    x = torch.randint(5, 211, (2, 20))
+    perm = torch.randperm(20)
+    plain = make(positions="none", objective="mlm")
+    assert torch.allclose(plain(x).logits[:, perm], plain(x[:, perm]).logits, atol=1e-5)
+    rope = make(objective="mlm")
+    assert not torch.allclose(rope(x).logits[:, perm], rope(x[:, perm]).logits, atol=1e-3)
+
+
+def test_odd_head_size_is_allowed_only_without_rotary():
+    with pytest.raises(ConfigError, match="must be even for rotary"):
+        LMConfig(dim=12, n_heads=4)
+    m = Transformer(LMConfig(vocab_size=50, dim=12, n_heads=4, n_layers=1, max_seq_len=8, positions="none"))
+    assert m(torch.randint(0, 50, (1, 8))).logits.shape == (1, 8, 50)
+
+
+# ---- the assembled model --------------------------------------------------------------------
+
+def test_default_state_dict_keys_are_unchanged():
+    def shapes(**kw):
+        return [(k, tuple(v.shape)) for k, v in Transformer(LMConfig(**kw)).state_dict().items()]
+    one = dict(vocab_size=100, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=80, max_seq_len=16)
+    assert shapes(**one) == [
+        ("tok_embeddings.weight", (100, 32)),
+        ("layers.0.attention_norm.weight", (32,)),
+        ("layers.0.attention.wqkv.weight", (64, 32)),
+        ("layers.0.attention.wo.weight", (32, 32)),
+        ("layers.0.ffn_norm.weight", (32,)),
+        ("layers.0.feed_forward.w_gate_up.weight", (160, 32)),
+        ("layers.0.feed_forward.w_down.weight", (32, 80)),
+        ("norm.weight", (32,)),
+    ]
+    assert shapes(**one, objective="mlm") == shapes(**one) + [
+        ("mlm_head.bias", (100,)), ("mlm_head.dense.weight", (32, 32)), ("mlm_head.dense.bias", (32,)),
+        ("mlm_head.norm.weight", (32,))]
+    # The non-default pieces: LayerNorm weight + bias, biased projections, a two-matrix MLP.
+    assert shapes(**one, **OTHER) == [
+        ("tok_embeddings.weight", (100, 32)),
+        ("layers.0.attention_norm.weight", (32,)),
+        ("layers.0.attention_norm.bias", (32,)),
+        ("layers.0.attention.wqkv.weight", (64, 32)),
+        ("layers.0.attention.wqkv.bias", (64,)),
+        ("layers.0.attention.wo.weight", (32, 32)),
+        ("layers.0.attention.wo.bias", (32,)),
+        ("layers.0.ffn_norm.weight", (32,)),
+        ("layers.0.ffn_norm.bias", (32,)),
+        ("layers.0.feed_forward.w_up.weight", (80, 32)),
+        ("layers.0.feed_forward.w_up.bias", (80,)),
+        ("layers.0.feed_forward.w_down.weight", (32, 80)),
+        ("layers.0.feed_forward.w_down.bias", (32,)),
+        ("norm.weight", (32,)),
+        ("norm.bias", (32,)),
+    ]
+
+
+def test_num_params_and_flops_count_the_pieces():
+    c = LMConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, hidden_dim=80, max_seq_len=16, **OTHER)
+    m = Transformer(c)
+    attention = (32 * 64 + 64) + (32 * 32 + 32)              # q|k|v (2 kv heads x 8) and o, with biases
+    mlp = (32 * 80 + 80) + (80 * 32 + 32)                     # two matrices, not three
+    per_block = attention + mlp + 2 * (2 * 32)                # two LayerNorms: weight and bias
+    expected = 100 * 32 + 2 * per_block + 2 * 32
+    assert m.num_params() == expected and m.num_params(exclude_embeddings=True) == expected - 3200
+    assert m.flops_per_token() == 6 * expected + 12 * 2 * 32 * 16
+
+
+@pytest.mark.parametrize("objective", ["clm", "mlm"])
+def test_non_default_pieces_train(objective):
+    m = make(**OTHER, objective=objective).train()
+    x = torch.randint(5, 211, (4, 24), generator=torch.Generator().manual_seed(3))
+    labels = torch.roll(x, -1, 1) if objective == "clm" else torch.where(torch.rand(x.shape) < 0.3, x, -100)
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    losses = []
+    for step in range(12):
+        loss = m(x, labels=labels).loss
+        loss.backward()
+        if step == 0:
+            for n, p in m.named_parameters():  # biases and LayerNorm biases included
+                assert p.grad is not None and p.grad.abs().sum() > 0, n
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] == pytest.approx(math.log(211), abs=0.3)
+    assert losses[-1] < losses[0] - 1.0, losses
+
+
+def test_gradient_checkpointing_without_positions_changes_nothing():
+    x, y = torch.randint(5, 211, (2, 32)), torch.randint(5, 211, (2, 32))
+    results = []
+    for flag in (False, True):
+        m = make(**OTHER, gradient_checkpointing=flag).train()
+        out = m(x, labels=y)
+        out.loss.backward()
+        results.append((out.loss.item(), [p.grad.clone() for p in m.parameters()]))
+    assert results[0][0] == pytest.approx(results[1][0], abs=1e-6)
+    assert all((a - b).abs().max() < 1e-6 for a, b in zip(results[0][1], results[1][1]))
+
+
+@pytest.mark.parametrize("pieces", [OTHER, dict(positions="none"), dict(norm="layernorm", feed_forward="gelu")],
+                         ids=["all-non-default", "no-positions", "layernorm-gelu-rope"])
+def test_kv_cache_steps_equal_full_forward_with_left_padding(pieces):
+    m = _randomise(make(**pieces), seed=4)  # random biases too, so they matter
+    lengths, extra = [5, 12, 9], 18
+    seqs = [torch.randint(5, 211, (n + extra,)) for n in lengths]
+    width = max(len(s) for s in seqs)
+    ids = torch.zeros(3, width, dtype=torch.long)
+    mask = torch.zeros(3, width, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):], mask[i, width - len(s):] = s, 1
+    full = m(ids, attention_mask=mask).logits
+    prompt = width - extra
+    cache = m.new_cache(3, width)
+    steps = [m(ids[:, :prompt], attention_mask=mask[:, :prompt], cache=cache).logits]
+    for t in range(prompt, width):
+        steps.append(m(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits)
+    real = mask.bool()
+    assert (torch.cat(steps, dim=1)[real] - full[real]).abs().max() < 1e-4
+    for i, s in enumerate(seqs):  # each padded row equals that sequence alone
+        assert (full[i, width - len(s):] - m(s[None]).logits[0]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("pieces", [OTHER, dict(positions="none")], ids=["all-non-default", "no-positions"])
+def test_cached_greedy_generation_equals_full_forward_argmax(pieces):
+    m = make(**pieces, seed=5)
+    prompts = [[7, 8, 9, 10, 11], [30, 31]]
+    cfg = GenerationConfig(do_sample=False, max_new_tokens=15, stop_on_eos=False)
+    generated = generate_tokens(m, prompts, cfg, eos_id=2)
+    for prompt, out in zip(prompts, generated):
+        seq = list(prompt)
+        with torch.no_grad():
+            for _ in range(15):  # no cache: the whole sequence every step
+                seq.append(int(m(torch.tensor([seq])).logits[0, -1].argmax()))
+        assert out == seq[len(prompt):]
+
+
+# ---- names refused -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, fragment", [
+    (dict(norm="batchnorm"), "model.norm must be one of rmsnorm, layernorm, got 'batchnorm'"),
+    (dict(positions="alibi"), "model.positions must be one of rope, none, got 'alibi'"),
+    (dict(feed_forward="relu"), "model.feed_forward must be one of swiglu, gelu, got 'relu'"),
+    (dict(feed_forward=["gelu"]), "model.feed_forward must be one of swiglu, gelu"),
+    (dict(bias="yes"), "model.bias must be true or false, got 'yes'"),
+])
+def test_bad_piece_names_are_refused(kw, fragment):
+    for build in (lambda: LMConfig(**kw), lambda: LMConfig.from_dict({**SMALL, **kw})):
+        with pytest.raises(ConfigError) as e:
+            build()
+        assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_with_pieces_round_trips():
+    c = LMConfig(**SMALL, **OTHER)
+    assert LMConfig.from_dict(copy.deepcopy(c.to_dict())) == c and c.to_dict()["norm"] == "layernorm"
+
+
+def test_int8_quantizes_biased_gelu_blocks():
+    from model.int8 import Int8Linear, int8_available, quantize_int8
+    if not int8_available():
+        pytest.skip("this torch build has no CPU int8 kernels")
+    m = make(**OTHER)
+    quantized = quantize_int8(copy.deepcopy(m))
+    assert sum(isinstance(x, Int8Linear) for x in quantized.layers.modules()) == 2 * 4  # wqkv, wo, w_up, w_down
+    x = torch.randint(5, 211, (2, 30))
+    with torch.inference_mode():
+        exact, approx = m(x).logits, quantized(x).logits
+    assert F.cosine_similarity(exact.flatten(), approx.flatten(), dim=0).item() > 0.999
