@@ -13,11 +13,18 @@ _BLOCK = {
 }
 _QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
 _GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
+# The block pieces the Llama layout has; another family's pieces would map to wrong weights.
+LLAMA_PIECES = {"norm": "rmsnorm", "positions": "rope", "feed_forward": "swiglu", "bias": False}
 
 
 def _check(cfg: LMConfig) -> None:
     if not cfg.causal:
         raise ValueError("only causal models map to the Llama layout")
+    other = {key: getattr(cfg, key) for key, value in LLAMA_PIECES.items() if getattr(cfg, key) != value}
+    if other:
+        raise ValueError("only the Llama block maps to the Llama layout ("
+                         + ", ".join(f"model.{k}={v!r}" for k, v in LLAMA_PIECES.items()) + "); this model has "
+                         + ", ".join(f"model.{k}={v!r}" for k, v in other.items()))
 
 
 def to_llama_state_dict(state: dict, cfg: LMConfig) -> dict:
@@ -52,6 +59,7 @@ def from_llama_state_dict(state: dict, cfg: LMConfig) -> dict:
 
 def llama_config_kwargs(cfg: LMConfig) -> dict:
     """Keyword arguments for transformers.LlamaConfig describing the same network."""
+    _check(cfg)
     return dict(vocab_size=cfg.vocab_size, hidden_size=cfg.dim, intermediate_size=cfg.ffn_dim,
                 num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_kv_heads,
                 max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,

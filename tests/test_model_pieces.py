@@ -12,6 +12,7 @@ from model import ConfigError, LMConfig, Transformer
 from model.attention import Attention
 from model.generation import GenerationConfig, generate_tokens
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS, GeluMLP, NoPositions, SwiGLU
+from model.llama_mapping import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
 OTHER = dict(norm="layernorm", positions="none", feed_forward="gelu", bias=True)  # every piece non-default
@@ -251,7 +252,7 @@ def test_cached_greedy_generation_equals_full_forward_argmax(pieces):
         assert out == seq[len(prompt):]
 
 
-# ---- names refused -----------------------------------------------------------------------
+# ---- names refused, the Llama mapping refused -----------------------------------------------
 
 @pytest.mark.parametrize("kw, fragment", [
     (dict(norm="batchnorm"), "model.norm must be one of rmsnorm, layernorm, got 'batchnorm'"),
@@ -270,6 +271,18 @@ def test_bad_piece_names_are_refused(kw, fragment):
 def test_config_with_pieces_round_trips():
     c = LMConfig(**SMALL, **OTHER)
     assert LMConfig.from_dict(copy.deepcopy(c.to_dict())) == c and c.to_dict()["norm"] == "layernorm"
+
+
+@pytest.mark.parametrize("key, value", [("norm", "layernorm"), ("positions", "none"), ("feed_forward", "gelu"),
+                                        ("bias", True)])
+def test_llama_mapping_refuses_other_pieces(key, value):
+    cfg = LMConfig(**SMALL, **{key: value})
+    state = Transformer(cfg).state_dict()
+    for call in (lambda: to_llama_state_dict(state, cfg), lambda: from_llama_state_dict({}, cfg),
+                 lambda: llama_config_kwargs(cfg)):
+        with pytest.raises(ValueError) as e:
+            call()
+        assert f"model.{key}={value!r}" in str(e.value) and "Llama" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_int8_quantizes_biased_gelu_blocks():
