@@ -10,6 +10,7 @@ Format 2:
     model_config           LMConfig.to_dict()
     config                 the run's resolved configuration (model / data / train sections)
     tokenizer              the tokenizer's JSON text: a checkpoint needs no file beside it
+    tokenizer_roles        {"roles": {pad, bos, eos, unk, mask: token or None}, "framing": "eos" | "cls_sep"}
     tokenizer_fingerprint  Tokenizer.fingerprint() of that tokenizer
     evaluated              "ema" or "model": the weights the run evaluated (and chose best.pth by)
     <part>                 one entry per part of the run's state, each the part's state_dict():
@@ -28,7 +29,8 @@ import torch
 from utils import UserError, atomic_write
 
 FORMAT = 2
-META_KEYS = ("format", "kind", "step", "model_config", "config", "tokenizer", "tokenizer_fingerprint", "evaluated")
+META_KEYS = ("format", "kind", "step", "model_config", "config", "tokenizer", "tokenizer_roles",
+             "tokenizer_fingerprint", "evaluated")
 CHECKPOINT_RE = re.compile(r"checkpoint_step_(\d+)\.pth$")
 INTERRUPTED = "checkpoint_interrupted.pth"
 BEST = "best.pth"
@@ -46,7 +48,7 @@ def write(path: str, parts: dict, *, kind: str, step: int, model_config: dict, c
     if clash:
         raise ValueError(f"part names {clash} clash with checkpoint metadata keys")
     state = {"format": FORMAT, "kind": kind, "step": int(step), "model_config": dict(model_config),
-             "config": config, "tokenizer": tokenizer.backend.to_str(),
+             "config": config, "tokenizer": tokenizer.backend.to_str(), "tokenizer_roles": tokenizer.roles_state(),
              "tokenizer_fingerprint": tokenizer.fingerprint(), "evaluated": evaluated, **parts}
     atomic_save(state, path)
 
@@ -96,7 +98,7 @@ def tokenizer_of(state: dict):
     from tokenizers import Tokenizer as Backend
 
     from data.tokenizer import Tokenizer
-    return Tokenizer(Backend.from_str(state["tokenizer"]))
+    return Tokenizer(Backend.from_str(state["tokenizer"]), **state["tokenizer_roles"])
 
 
 def restore_parts(state: dict, parts: dict, source: str, say=print) -> None:

@@ -17,22 +17,53 @@ SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "
 
 
 class Tokenizer:
-    def __init__(self, backend: BackendTokenizer):
+    """A `tokenizers` backend plus the roles of its special tokens.
+
+    roles: role (pad, bos, eos, unk, mask) -> token string, or None where the tokenizer has none
+    (GPT-2 has no pad or mask; a pad-less tokenizer pads with eos). Default: this project's fixed
+    SPECIAL_TOKENS. framing: how a document is stored for training: "eos" (text then eos, the
+    decoders' way) or "cls_sep" (bos/[CLS], text, eos/[SEP], BERT's way)."""
+
+    def __init__(self, backend: BackendTokenizer, roles=None, framing: str = "eos"):
         self.backend = backend
+        self.roles = dict(SPECIAL_TOKENS if roles is None else roles)
+        if framing not in FRAMINGS:
+            raise DataError(f"unknown document framing {framing!r}; one of {', '.join(FRAMINGS)}")
+        self.framing = framing
         ids = {}
-        for role, token in SPECIAL_TOKENS.items():
-            tid = backend.token_to_id(token)
-            if tid is None:
+        for role in SPECIAL_TOKENS:
+            token = self.roles.get(role)
+            tid = None if token is None else backend.token_to_id(token)
+            if token is not None and tid is None:
                 raise DataError(f"tokenizer has no {token} token (needed as {role})")
             ids[role] = tid
+        if ids["eos"] is None:
+            raise DataError("tokenizer has no end-of-document token (eos_token / sep_token): documents could not "
+                            "be separated")
+        if ids["pad"] is None:  # decoders often have none: padding positions are masked out anyway
+            ids["pad"] = ids["eos"]
         self.pad_id, self.bos_id, self.eos_id = ids["pad"], ids["bos"], ids["eos"]
         self.unk_id, self.mask_id = ids["unk"], ids["mask"]
-        self.mask_token = SPECIAL_TOKENS["mask"]
+        self.mask_token = self.roles.get("mask")
         added = [i for i, t in backend.get_added_tokens_decoder().items() if t.special]
-        self.special_ids = sorted(set(ids.values()) | set(added))
-        # byte-level alphabet: token string -> bytes, for decode_bytes
-        self._byte_decoder = {ch: b for b, ch in _bytes_to_unicode().items()}
+        self.special_ids = sorted({i for i in ids.values() if i is not None} | set(added))
         self._vocab = {i: t for t, i in backend.get_vocab(with_added_tokens=True).items()}
+        self._piece_bytes = _piece_decoder(backend)
+
+    @property
+    def is_default(self) -> bool:
+        """Whether roles and framing are this project's own (then the files need no sidecar)."""
+        return self.roles == SPECIAL_TOKENS and self.framing == "eos"
+
+    def frame(self, ids: list) -> list:
+        """A document's ids as stored for training."""
+        if self.framing == "cls_sep" and self.bos_id is not None:
+            return [self.bos_id, *ids, self.eos_id]
+        return [*ids, self.eos_id]
+
+    def roles_state(self) -> dict:
+        """Roles and framing as plain data, for a checkpoint."""
+        return {"roles": dict(self.roles), "framing": self.framing}
 
     @property
     def vocab_size(self) -> int:
@@ -57,21 +88,43 @@ class Tokenizer:
         out = bytearray()
         for i in ids:
             token = self._vocab.get(int(i), "")
-            if int(i) in self.special_ids:
-                out += token.encode("utf-8")
-            else:
-                out += bytes(self._byte_decoder[ch] for ch in token)
+            out += token.encode("utf-8") if int(i) in self.special_ids else self._piece_bytes(token)
         return bytes(out)
 
     def fingerprint(self) -> str:
-        canonical = json.dumps(json.loads(self.backend.to_str()), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+        canonical = json.loads(self.backend.to_str())
+        if not self.is_default:  # the roles decide masks and framing: another role, another tokenizer
+            canonical = {"backend": canonical, **self.roles_state()}
+        text = json.dumps(canonical, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def save(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = path + ".tmp"
         self.backend.save(tmp)
         os.replace(tmp, path)
+
+
+FRAMINGS = ("eos", "cls_sep")
+
+
+def _piece_decoder(backend):
+    """token string -> its bytes in running text, by the kind of decoder the tokenizer uses:
+    byte-level BPE (GPT-2, Qwen2, ours), sentencepiece-style metaspace with byte fallback (Llama),
+    or WordPiece (BERT)."""
+    kind = json.loads(backend.to_str()).get("decoder") or {}
+    kinds = {d.get("type") for d in kind.get("decoders", [kind])}
+    if "ByteLevel" in kinds:
+        table = {ch: b for b, ch in _bytes_to_unicode().items()}
+        return lambda token: bytes(table[ch] for ch in token if ch in table)
+    if "WordPiece" in kinds:
+        return lambda token: (token[2:] if token.startswith("##") else " " + token).encode("utf-8")
+
+    def metaspace(token):
+        if len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            return bytes([int(token[3:5], 16)])  # a byte-fallback token
+        return token.replace("\u2581", " ").encode("utf-8")
+    return metaspace
 
 
 def _bytes_to_unicode() -> dict:
@@ -112,12 +165,7 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
 
 
 def load_tokenizer(path: str) -> Tokenizer:
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    if not os.path.isfile(path):
-        raise DataError(f"tokenizer not found: {path}")
-    try:
-        backend = BackendTokenizer.from_file(path)
-    except Exception as e:
-        raise DataError(f"{path} is not a tokenizers JSON file ({str(e).splitlines()[0][:100]})")
-    return Tokenizer(backend)
+    """A tokenizer.json file or a directory holding one (or a WordPiece vocab.txt); roles come from
+    special_tokens_map.json / tokenizer_config.json beside it when present."""
+    from data.hf_tokenizer import load_tokenizer_dir
+    return load_tokenizer_dir(path)

@@ -5,7 +5,6 @@ state_dict and a resume loads each back, through the one checkpoint module."""
 import contextlib
 import math
 import os
-import shutil
 import time
 
 import torch
@@ -13,6 +12,7 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 from data.datasets import SampleOrder, TokenBin
+from data.hf_tokenizer import save_roles
 from data.tokenizer import load_tokenizer
 from model import Transformer
 from model.config import ConfigError
@@ -100,7 +100,7 @@ class Trainer:
         self.peak_flops = peak_flops(device, t.peak_flops)
         self.head_fraction = head_fraction(self.model_config.objective, cfg.data.mask_rate)
         if info.is_main:
-            self._prepare_run_dir(paths["tokenizer"], resume_path)
+            self._prepare_run_dir(resume_path)
         self.logger = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=t.tensorboard,
                                     wandb=t.use_wandb, wandb_project=t.wandb_project,
                                     wandb_run_name=t.wandb_run_name, config=cfg.to_dict())
@@ -185,7 +185,7 @@ class Trainer:
                      f"from step {self.step}: {', '.join(changed)}")
         self.say(f"resumed from {path} at step {self.step} ({format_count(self.progress.samples_seen)} samples seen)")
 
-    def _prepare_run_dir(self, tokenizer_path, resume_path):
+    def _prepare_run_dir(self, resume_path):
         os.makedirs(self.run_dir, exist_ok=True)
         stale = remove_stale_temporaries(self.run_dir)
         if stale:
@@ -200,8 +200,9 @@ class Trainer:
                 os.remove(os.path.join(self.run_dir, name))
             if old and not removed:
                 self.say(f"fresh start: removed {', '.join(old)} of an earlier run that left no checkpoint")
-        if os.path.abspath(tokenizer_path) != os.path.abspath(os.path.join(self.run_dir, "tokenizer.json")):
-            shutil.copyfile(tokenizer_path, os.path.join(self.run_dir, "tokenizer.json"))
+        self.tokenizer.save(os.path.join(self.run_dir, "tokenizer.json"))
+        if not self.tokenizer.is_default:
+            save_roles(self.tokenizer, self.run_dir)
         with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
             f.write(dump_yaml(self.cfg))
         metrics = os.path.join(self.run_dir, "metrics.jsonl")
