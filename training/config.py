@@ -71,6 +71,7 @@ class TrainConfig:
     ddp: bool = False
     resume: bool = False
     resume_from: Optional[str] = None
+    init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
     force_fresh: bool = False
     tensorboard: bool = False
     use_wandb: bool = False

@@ -20,6 +20,7 @@ from training.batches import collate, evaluate, make_windows, masker_for, step_p
 from training.config import dump_yaml
 from training.distributed import all_reduce_, all_reduce_sum, any_rank, barrier
 from training.ema import EMA
+from training.init_from import InitSource
 from training.metrics import MetricsLogger
 from training.optim import build_optimizer, is_fused
 from training.parallel import parallelize
@@ -60,6 +61,9 @@ class Trainer:
         for note in cfg.notes:
             self.say(f"note: {note}")
 
+        self.init = InitSource(t.init_from, self.say) if t.init_from else None
+        if self.init is not None:
+            self._use_init_tokenizer()
         paths = prepare_run_data(cfg, info)
         self.tokenizer = load_tokenizer(paths["tokenizer"])
         self._build_data(paths)
@@ -72,6 +76,9 @@ class Trainer:
 
         seed_everything(t.seed)  # identical initial weights on every rank
         self.raw_model = Transformer(self.model_config).to(device)
+        if self.init is not None:
+            ckpt.load_weights(self.raw_model, self.init.weights, self.init.path)
+            self.say(f"--init_from {self.init.path}: weights loaded; optimizer, schedule and step start fresh")
         self.optimizer = build_optimizer(self.raw_model, t, device)
         self.scheduler = LRScheduler(self.optimizer, base_lr=t.learning_rate, min_lr=t.min_lr,
                                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
@@ -116,7 +123,7 @@ class Trainer:
         train_bin, val_bin = TokenBin(paths["train_bin"]), TokenBin(paths["val_bin"])
         for b in (train_bin, val_bin):
             b.check_tokenizer(self.fingerprint)
-        model_dict = dict(cfg.model)
+        model_dict = self.init.model_settings(cfg.model) if self.init is not None else dict(cfg.model)
         model_dict.setdefault("vocab_size", 64 * math.ceil(self.tokenizer.vocab_size / 64))
         model_dict["pad_token_id"] = self.tokenizer.pad_id
         cfg.model = model_dict
@@ -140,6 +147,19 @@ class Trainer:
             self.warmup_steps = resolve_warmup(t.warmup, self.total_steps)
         except ValueError as e:
             raise ConfigError(f"train.warmup: {e}")
+
+    def _use_init_tokenizer(self):
+        """The run reads its corpus with the source's tokenizer (rank 0 writes it for the others)."""
+        d = self.cfg.data
+        if d.tokenizer_path:
+            given = load_tokenizer(d.tokenizer_path)
+            if given.fingerprint() != self.init.tokenizer.fingerprint():
+                raise ConfigError(f"data.tokenizer_path {d.tokenizer_path} is not the tokenizer of --init_from "
+                                  f"{self.init.path}; drop data.tokenizer_path to use the source's")
+            return
+        d.tokenizer_path = os.path.join(self.run_dir, "init_tokenizer")
+        if self.info.is_main:
+            self.init.write_tokenizer(d.tokenizer_path)
 
     def _resume_path(self):
         t = self.cfg.train

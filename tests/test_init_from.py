@@ -1,0 +1,30 @@
+"""--init_from: a new run from existing weights, with a fresh optimizer, schedule and step."""
+import torch
+
+from tests.train_harness import losses, run, run_ok, train_cmd, write_config
+
+
+def test_init_from_a_checkpoint_starts_a_new_run_from_its_weights(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=8)
+    run_ok(train_cmd("--config", cfg))
+    source = str(run_root / "out" / "run" / "checkpoint_step_8.pth")
+    proc = run_ok(train_cmd("--config", cfg, "--run_name", "next", "--init_from", source, "--max_steps", "2",
+                            "--warmup", "1"))
+    assert "weights loaded; optimizer, schedule and step start fresh" in proc.stdout + proc.stderr
+    first = losses(str(run_root / "out" / "run"))
+    continued = losses(str(run_root / "out" / "next"))
+    assert continued[1] < first[1] - 0.3          # it starts where the source ended, not from random weights
+    state = torch.load(run_root / "out" / "next" / "checkpoint_step_2.pth", weights_only=True)
+    assert state["progress"]["step"] == 2 and state["scheduler"]["step_count"] == 2
+    assert all(int(s["step"]) == 2 for s in state["optimizer"]["state"].values())  # a fresh optimizer
+
+
+def test_init_from_refuses_a_conflicting_model_setting(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1)
+    run_ok(train_cmd("--config", cfg))
+    proc = run(train_cmd("--config", cfg, "--run_name", "x", "--init_from",
+                         str(run_root / "out" / "run" / "best.pth"), "--model.n_layers", "3"))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "drop model.n_layers=3 (the source has 2)" in proc.stderr

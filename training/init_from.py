@@ -1,0 +1,46 @@
+"""--init_from: a new run that starts from existing weights (a checkpoint of ours, or a local
+Hugging Face directory), with its own fresh optimizer, schedule, step and best loss. The model's
+shape and the tokenizer come from the source; only settings that do not change the weights'
+meaning may differ."""
+import os
+
+from model.config import ConfigError
+from utils import check_writable_dir
+
+RUNTIME_KEYS = ("dropout", "gradient_checkpointing")  # may differ from the source: no weight depends on them
+
+
+class InitSource:
+    """The weights, model config and tokenizer a run starts from."""
+
+    def __init__(self, path: str, say=print):
+        import checkpoint
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+            from convert import import_hf
+            model, cfg, self.tokenizer = import_hf(path, say)
+            self.weights, self.model_config = model.state_dict(), cfg.to_dict()
+        else:
+            state = checkpoint.load_checkpoint(path)
+            self.weights, which = checkpoint.inference_weights(state, None, path)
+            self.model_config, self.tokenizer = dict(state["model_config"]), checkpoint.tokenizer_of(state)
+            if which == "ema":
+                say(f"--init_from {path}: starting from its EMA weights (the ones its run evaluated)")
+        self.path = path
+
+    def model_settings(self, requested: dict) -> dict:
+        """The source's model config, with the run's runtime settings; any other model.* key set to a
+        different value is one line naming it."""
+        conflicts = [f"model.{k}={v!r} (the source has {self.model_config.get(k)!r})" for k, v in requested.items()
+                     if k not in RUNTIME_KEYS and k != "pad_token_id" and self.model_config.get(k) != v]
+        if conflicts:
+            raise ConfigError(f"--init_from {self.path} fixes the model's shape; drop {', '.join(conflicts)}")
+        return {**self.model_config, **{k: v for k, v in requested.items() if k in RUNTIME_KEYS}}
+
+    def write_tokenizer(self, directory: str) -> str:
+        """The source's tokenizer as files (with its roles) for the data pipeline; returns the directory."""
+        from data.hf_tokenizer import save_roles
+        check_writable_dir(directory, "--init_from tokenizer directory")
+        self.tokenizer.save(os.path.join(directory, "tokenizer.json"))
+        if not self.tokenizer.is_default:
+            save_roles(self.tokenizer, directory)
+        return directory
