@@ -289,14 +289,15 @@ class DataProcessor:
         return since_commit + len(chunk.texts)
 
     def _write_chunk(self, texts, encoded, handles, stats) -> None:
-        dtype, eos = token_dtype(self.tokenizer.vocab_size), self.tokenizer.eos_id
+        dtype = token_dtype(self.tokenizer.vocab_size)
         tokens = {s: [] for s in SPLITS}   # one flat list per split: one array conversion per chunk
         ends = {s: [] for s in SPLITS}
         tpd = stats["tokens_per_document"]
         for text, ids in zip(texts, encoded):
             split = "val" if is_validation(stats["documents_kept"], self.seed, self.val_ratio) else "train"
             stats["documents_kept"] += 1
-            n = len(ids) + 1
+            ids = self.tokenizer.frame(ids)  # text then eos, or [CLS] text [SEP] for BERT-style tokenizers
+            n = len(ids)
             s = stats["splits"][split]
             s["documents"] += 1
             s["tokens"] += n
@@ -307,7 +308,6 @@ class DataProcessor:
             bucket = str(1 << (n - 1).bit_length())  # documents of up to this many tokens
             tpd["log2_histogram"][bucket] = tpd["log2_histogram"].get(bucket, 0) + 1
             tokens[split] += ids
-            tokens[split].append(eos)
             ends[split].append(s["tokens"])
         for split in SPLITS:
             if ends[split]:
