@@ -148,6 +148,8 @@ class TextGenerator:
         if self.model.config.causal:
             raise ValueError("this checkpoint is a causal LM: it generates (--prompt), it does not fill masks")
         ids = self.tokenizer.encode(text)
+        if getattr(self.tokenizer, "framing", "eos") == "cls_sep":  # BERT-style models read [CLS] text [SEP]
+            ids = self.tokenizer.frame(ids)
         if len(ids) > self.max_seq_len:
             raise ValueError(f"text of {len(ids)} tokens is longer than the context ({self.max_seq_len})")
         where = [i for i, t in enumerate(ids) if t == self.tokenizer.mask_id]
