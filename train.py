@@ -50,13 +50,17 @@ def check_outputs(cfg) -> None:
 
 
 def _print_summary(s: dict) -> None:
-    lines = [f"{s['outcome']} at step {s['step']} in {s['seconds']:.0f}s",
-             f"best validation loss {s['best_val_loss']:.4f} (step {s['best_step']})"]
+    lines = [f"{s['outcome']} at step {s['step']} in {s['seconds']:.0f}s"]
+    if s["best_step"] >= 0:
+        lines.append(f"best validation loss {s['best_val_loss']:.4f} (step {s['best_step']})")
+    else:
+        lines.append("no validation data: nothing evaluated, no best.pth")
     if "val_bpb" in s:
         lines.append(f"final validation bits per byte {s['val_bpb']:.3f}")
     if "val_mlm_accuracy" in s:
         lines.append(f"final masked-token accuracy {s['val_mlm_accuracy']:.3f}")
-    lines.append(f"wrote {s['run_dir']}/ (best.pth, checkpoint_step_*.pth, metrics.jsonl, tokenizer.json, config.yaml)")
+    best = "best.pth, " if s["best_step"] >= 0 else ""
+    lines.append(f"wrote {s['run_dir']}/ ({best}checkpoint_step_*.pth, metrics.jsonl, tokenizer.json, config.yaml)")
     print("\n".join(lines))
 
 

@@ -22,7 +22,7 @@ def one_line_error(proc, fragment):
     (["--grad_clip", "-1"], "train.grad_clip must be >= 0"),
     (["--optimizer_type", "adam"], "coupled L2"),
     (["--model.pad_token_id", "3"], "the pad id comes from the tokenizer"),
-    (["--data.val_ratio", "0"], "data.val_ratio is 0, so no validation split"),
+    (["--data.val_ratio", "0", "--early_stopping"], "train.early_stopping needs validation data"),
 ])
 def test_refused_in_one_line(tiny_corpus, run_root, args, fragment):
     corpus, data_dir = tiny_corpus
@@ -107,3 +107,23 @@ def test_legacy_launcher_passes_local_rank(tiny_corpus, run_root):
            os.path.join(ROOT, "train.py"), "--config", cfg, "--ddp"]
     run_ok(cmd)
     assert [r["step"] for r in read_metrics(str(run_root / "out" / "run"))] == [1, 2]
+
+
+def test_a_run_without_validation_data_trains_and_checkpoints(tiny_corpus, run_root):
+    corpus, _ = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, str(run_root / "noval"), run_root / "out", max_steps=4)
+    proc = run_ok(train_cmd("--config", cfg, "--data.val_ratio", "0"))
+    out = proc.stdout + proc.stderr
+    assert "no validation data" in out and "nothing evaluated, no best.pth" in out
+    run_dir = run_root / "out" / "run"
+    assert (run_dir / "checkpoint_step_4.pth").exists() and not (run_dir / "best.pth").exists()
+    assert read_metrics(str(run_dir), "eval") == [] and len(read_metrics(str(run_dir))) == 4
+
+
+def test_early_stopping_says_where_it_stands(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=40, eval_interval=2,
+                       save_interval=2, early_stopping="true", patience=2, min_delta=100.0)
+    out = run_ok(train_cmd("--config", cfg)).stdout
+    assert "step 2: new best validation loss" in out and "saved best.pth" in out
+    assert "step 4: no improvement 1/2" in out and "step 6: no improvement 2/2" in out

@@ -26,6 +26,7 @@ class DataConfig:
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
     train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);
     val_bin: Optional[str] = None         # when set, inputs are not read and tokenizer_path is required
+                                          # (train_bin alone: a run without validation)
     val_ratio: float = 0.05
     mask_rate: float = 0.15               # masked LM only
     mask_token_frac: float = 0.8
@@ -301,16 +302,15 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("--resume and --force-fresh contradict each other; pass one")
     if not 0 <= d.val_ratio < 1:
         raise ConfigError(f"data.val_ratio must be in [0, 1), got {d.val_ratio}")
-    if d.val_ratio == 0 and not d.val_bin:
-        raise ConfigError("data.val_ratio is 0, so no validation split would be made, and training needs one for "
-                          "evaluation, early stopping and best.pth: set data.val_ratio > 0 (e.g. 0.05) or give "
-                          "data.val_bin")
+    if t.early_stopping and (d.val_ratio == 0 if not d.train_bin else not d.val_bin):
+        raise ConfigError("train.early_stopping needs validation data to judge by: set data.val_ratio > 0 (e.g. 0.05)"
+                          + (" or data.val_bin" if d.train_bin else ""))
     if not 0 < d.mask_rate <= 1 or not 0 < d.eval_mask_rate <= 1:
         raise ConfigError("data.mask_rate and data.eval_mask_rate must be in (0, 1]")
     if d.mask_token_frac < 0 or d.random_token_frac < 0 or d.mask_token_frac + d.random_token_frac > 1:
         raise ConfigError("data.mask_token_frac + data.random_token_frac must be within [0, 1]")
-    if bool(d.train_bin) != bool(d.val_bin):
-        raise ConfigError("data.train_bin and data.val_bin go together: set both or neither")
+    if d.val_bin and not d.train_bin:
+        raise ConfigError("data.val_bin goes with data.train_bin (a run without data.train_bin makes its own split)")
     if d.train_bin and not d.tokenizer_path:
         raise ConfigError("data.train_bin needs data.tokenizer_path: the tokenizer the .bin files were made with")
     if not d.inputs and not d.train_bin:

@@ -120,9 +120,11 @@ class Trainer:
     def _build_data(self, paths):
         cfg, t = self.cfg, self.cfg.train
         self.fingerprint = self.tokenizer.fingerprint()
-        train_bin, val_bin = TokenBin(paths["train_bin"]), TokenBin(paths["val_bin"])
+        train_bin = TokenBin(paths["train_bin"])
+        val_bin = TokenBin(paths["val_bin"]) if paths.get("val_bin") else None
         for b in (train_bin, val_bin):
-            b.check_tokenizer(self.fingerprint)
+            if b is not None:
+                b.check_tokenizer(self.fingerprint)
         model_dict = self.init.model_settings(cfg.model) if self.init is not None else dict(cfg.model)
         model_dict.setdefault("vocab_size", 64 * math.ceil(self.tokenizer.vocab_size / 64))
         model_dict["pad_token_id"] = self.tokenizer.pad_id
@@ -132,14 +134,20 @@ class Trainer:
         masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
         self.train_windows = make_windows(train_bin, seq_len, objective, masker)
-        self.val_windows = make_windows(val_bin, seq_len, objective, eval_masker)
+        # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
+        no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
+        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker)
         for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
-            if len(windows) == 0:
+            if windows is not None and len(windows) == 0:
                 raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
                                   f"model.max_seq_len={seq_len} (+1): use more text, a larger data.val_ratio "
                                   "for validation, or a shorter model.max_seq_len")
+        if no_validation:
+            self.say("note: no validation data (data.val_ratio 0 or no data.val_bin): no evaluations, no best.pth and "
+                     "no early stopping; checkpoints are written as usual")
         self.order = SampleOrder(len(self.train_windows), t.seed)
-        self.bytes_per_token = val_bin.meta["n_text_bytes"] / max(1, val_bin.meta["n_tokens"])
+        meta = (val_bin or train_bin).meta
+        self.bytes_per_token = meta["n_text_bytes"] / max(1, meta["n_tokens"])
         self.global_batch = t.batch_size * t.accumulation_steps * self.info.world_size
         steps_per_epoch = max(1, len(self.train_windows) // self.global_batch)
         self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
@@ -324,8 +332,13 @@ class Trainer:
         with swap:
             metrics = evaluate(self.raw_model, self.val_windows, t.batch_size, t.eval_batches,
                                self.bytes_per_token, self.info, self.device, self.autocast())
-        if self.early.observe(metrics["val_loss"], self.step) and self.info.is_main:
-            self.save_best()
+        if self.early.observe(metrics["val_loss"], self.step):
+            if self.info.is_main:
+                self.save_best()
+            self.say(f"step {self.step}: new best validation loss {metrics['val_loss']:.4f}, saved best.pth")
+        elif self.early.enabled:
+            self.say(f"step {self.step}: no improvement {self.early.bad_evals}/{self.early.patience} "
+                     f"(best {self.early.best_loss:.4f} at step {self.early.best_step})")
         return metrics
 
     def _log_train(self, loss, grad_norm, lr, tok_s, bar) -> None:
@@ -384,7 +397,7 @@ class Trainer:
                         tok_s = tokens_per_step * window_steps / max(now - window_start, 1e-9)
                         self._log_train(loss, grad_norm, lr, tok_s, bar)
                         window_start, window_steps = time.perf_counter(), 0
-                    if cadence.evaluate(self.step):
+                    if self.val_windows is not None and cadence.evaluate(self.step):
                         last_eval = self._evaluate_and_log()
                     if cadence.save(self.step):
                         self.save(f"checkpoint_step_{self.step}.pth")
