@@ -73,6 +73,7 @@ class TrainConfig:
     resume: bool = False
     resume_from: Optional[str] = None
     init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
+    trainable: str = "all"                # all | embeddings | new_embeddings | name globs (training/freeze.py)
     force_fresh: bool = False
     tensorboard: bool = False
     use_wandb: bool = False

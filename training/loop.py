@@ -20,6 +20,7 @@ from training.batches import collate, evaluate, make_windows, masker_for, step_p
 from training.config import dump_yaml
 from training.distributed import all_reduce_, all_reduce_sum, any_rank, barrier
 from training.ema import EMA
+from training.freeze import Freezer
 from training.init_from import InitSource
 from training.metrics import MetricsLogger
 from training.optim import build_optimizer, is_fused
@@ -79,6 +80,10 @@ class Trainer:
         if self.init is not None:
             ckpt.load_weights(self.raw_model, self.init.weights, self.init.path)
             self.say(f"--init_from {self.init.path}: weights loaded; optimizer, schedule and step start fresh")
+        self.new_rows_from = self.init.new_rows_from if self.init is not None else None
+        new_rows = None if self.new_rows_from is None else (self.new_rows_from, self.tokenizer.vocab_size)
+        self.freezer = Freezer(self.raw_model, t.trainable, new_rows)
+        self.say(f"--trainable {t.trainable}: {self.freezer.describe()}")
         self.optimizer = build_optimizer(self.raw_model, t, device)
         self.scheduler = LRScheduler(self.optimizer, base_lr=t.learning_rate, min_lr=t.min_lr,
                                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
@@ -248,7 +253,7 @@ class Trainer:
     def _write(self, path: str, parts: dict, kind: str) -> None:
         ckpt.write(path, parts, kind=kind, step=self.step, model_config=self.model_config.to_dict(),
                    config=self.cfg.to_dict(), tokenizer=self.tokenizer,
-                   evaluated="ema" if self.ema is not None else "model")
+                   evaluated="ema" if self.ema is not None else "model", new_rows_from=self.new_rows_from)
 
     def save(self, name: str) -> str:
         """Write every part (a collective: each rank gives its RNG state); rank 0 writes the file."""
@@ -316,12 +321,14 @@ class Trainer:
                 self.optimizer.step()
             finally:
                 del self.optimizer.found_inf
+            self.freezer.after_step()
             if self.ema is not None:
                 self.ema.update(self.raw_model, gate=finite)
             return
         if bool(finite):
             self.scaler.step(self.optimizer)
             self.scaler.update()
+            self.freezer.after_step()
             if self.ema is not None:
                 self.ema.update(self.raw_model)
 

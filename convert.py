@@ -1,0 +1,265 @@
+"""Models in and out of this project, and vocabulary changes.
+
+    python convert.py from_hf HF_DIR OUT.pth            # a local Hugging Face model directory -> our checkpoint
+    python convert.py to_hf CKPT OUT_DIR [--ema]        # our checkpoint -> a directory transformers loads
+    python convert.py to_hf CKPT OUT_DIR --format native   # our own layout (safetensors + our config)
+    python convert.py expand_vocab --model_path CKPT --out OUT.pth (--tokens words.txt | --mine corpus.jsonl --top 500)
+
+from_hf reads config.json, model.safetensors (or pytorch_model.bin, read with weights_only=True;
+sharded files through their index) and the tokenizer (tokenizer.json or vocab.txt with its special
+tokens' roles). Nothing is downloaded. The families (BERT, GPT-2, Llama, Qwen2) and their weight
+names live in model/hf/."""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import checkpoint
+from utils import UserError, atomic_write, check_writable_dir, run_cli
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+class ConvertError(UserError):
+    """A model directory or checkpoint that cannot be converted; one line."""
+
+
+# ---- reading a Hugging Face directory -------------------------------------------------------------
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConvertError(f"{path} not found: a Hugging Face model directory holds config.json and its weights")
+    except ValueError as e:
+        raise ConvertError(f"{path} is not valid JSON ({e})")
+
+
+def _load_weight_file(path: str) -> dict:
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a pickle that would have to run code, or a cut file
+        raise ConvertError(f"{path} cannot be read safely ({type(e).__name__}); a safetensors file is preferred")
+
+
+def read_hf_weights(directory: str) -> dict:
+    """Every tensor of the model: one weight file, or the shards its index names."""
+    for name in WEIGHT_FILES:
+        index = os.path.join(directory, name + ".index.json")
+        if os.path.isfile(index):
+            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
+            state = {}
+            for shard in shards:
+                state.update(_load_weight_file(os.path.join(directory, shard)))
+            return state
+        if os.path.isfile(os.path.join(directory, name)):
+            return _load_weight_file(os.path.join(directory, name))
+    raise ConvertError(f"{directory} holds no {' or '.join(WEIGHT_FILES)} (nor a sharded index of them)")
+
+
+def import_hf(directory: str, say=print) -> tuple:
+    """(model, LMConfig, Tokenizer) from a local Hugging Face directory, weights copied exactly.
+    Our parameters the directory lacks (an encoder saved without its MLM head) start fresh, said
+    in one line; a weight that does not fit is an error naming it."""
+    from data.tokenizer import load_tokenizer
+    from model import LMConfig, Transformer
+    from model.hf import family_for_hf_config
+
+    if not os.path.isdir(directory):
+        raise ConvertError(f"{directory} is not a directory (a Hugging Face model directory is expected)")
+    hf_config = _read_json(os.path.join(directory, "config.json"))
+    try:
+        family = family_for_hf_config(hf_config)
+        cfg = LMConfig.from_dict(family.config_from_hf(hf_config))
+    except ValueError as e:
+        raise ConvertError(f"{directory}: {e}")
+    tokenizer = load_tokenizer(directory)
+    if tokenizer.vocab_size > cfg.vocab_size:
+        raise ConvertError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
+                           f"{cfg.vocab_size} embedding rows")
+    if not cfg.causal and tokenizer.mask_id is None:
+        raise ConvertError(f"{directory}: a masked LM needs a mask token, and this tokenizer names none")
+    torch.manual_seed(0)  # parameters the import lacks start the same way every time
+    model = Transformer(cfg)
+    try:
+        ours = family.state_from_hf(read_hf_weights(directory), cfg)
+        result = model.load_state_dict(ours, strict=False)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ConvertError(f"{directory}: a weight does not fit ({str(e).splitlines()[-1].strip()[:200]})")
+    fresh = [k for k in result.missing_keys if not k.startswith(("mlm_head.", "output."))]
+    if fresh or result.unexpected_keys:
+        what = ", ".join([f"missing {k}" for k in fresh[:3]] + [f"unexpected {k}" for k in result.unexpected_keys[:3]])
+        raise ConvertError(f"{directory}: weights do not match the {cfg.arch} layout ({what})")
+    if result.missing_keys:
+        head = "MLM head" if not cfg.causal else "output layer"
+        say(f"note: {directory} has no {head}; it starts freshly initialised ({len(result.missing_keys)} tensors)")
+    return model.eval(), cfg, tokenizer
+
+
+def from_hf(directory: str, out_path: str, say=print) -> str:
+    model, cfg, tokenizer = import_hf(directory, say)
+    check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
+    checkpoint.write(out_path, {"model": model.state_dict()}, kind="weights", step=0, model_config=cfg.to_dict(),
+                     config={"imported_from": os.path.abspath(directory)}, tokenizer=tokenizer, evaluated="model")
+    return out_path
+
+
+# ---- writing a Hugging Face directory --------------------------------------------------------------
+def to_hf(checkpoint_path: str, out_dir: str, use_ema=None, fmt: str = "hf", say=print) -> str:
+    from safetensors.torch import save
+
+    from data.hf_tokenizer import save_roles
+    from model.hf import family_for_config
+
+    model, cfg, tokenizer = checkpoint.load_for_inference(checkpoint_path, ema=use_ema, say=say)
+    weights = model.state_dict()
+    if fmt == "native":
+        config = cfg.to_dict()
+    else:
+        try:
+            family = family_for_config(cfg)
+            weights, config = family.state_to_hf(weights, cfg), family.config_to_hf(cfg)
+        except ValueError as e:
+            raise ConvertError(f"{checkpoint_path}: {e}")
+        ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
+        config.update({k: v for k, v in ids.items() if v is not None}, torch_dtype="float32")
+    check_writable_dir(out_dir, "export directory")
+    # safetensors refuses tensors that share memory: each exported tensor gets its own storage.
+    tensors = {k: v.detach().contiguous().clone() for k, v in weights.items()}
+    metadata = {"format": "pt", "source": os.path.basename(checkpoint_path), "layout": fmt}
+    atomic_write(os.path.join(out_dir, "model.safetensors"), lambda f: f.write(save(tensors, metadata=metadata)))
+    atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(config, f, indent=2), binary=False)
+    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
+    save_roles(tokenizer, out_dir)
+    return out_dir
+
+
+# ---- vocabulary expansion --------------------------------------------------------------------------
+def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "text") -> list:
+    """The `top` most frequent words (at least min_count times) that the tokenizer splits into
+    several pieces: the words a domain adds most often."""
+    import collections
+    import re
+
+    from data.jsonl import iter_texts
+    counts = collections.Counter()
+    for text in iter_texts(files, text_field):
+        counts.update(w for w in re.findall(r"\w+", text) if 2 <= len(w) <= 24)
+    words = []
+    for word, n in counts.most_common():
+        if n < min_count or len(words) >= top:
+            break
+        if len(tokenizer.encode(word)) > 1:
+            words.append(word)
+    return words
+
+
+def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict:
+    """Add `words` to the checkpoint's tokenizer and give each a row (embedding, untied output,
+    MLM decoder bias) equal to the mean of the rows of the pieces it used to be split into. Old
+    ids and rows are untouched, so text without the new words gives exactly the old logits."""
+    from tokenizers import AddedToken
+
+    from model import LMConfig
+
+    state = checkpoint.load_checkpoint(model_path)
+    weights, _ = checkpoint.inference_weights(state, None, model_path)
+    tokenizer = checkpoint.tokenizer_of(state)
+    cfg = dict(state["model_config"])
+    old_size = tokenizer.vocab_size
+    new, skipped = [], []
+    for w in dict.fromkeys(x.strip() for x in words if x.strip()):
+        (new if len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None else skipped).append(w)
+    if not new:
+        raise ConvertError("no new tokens to add: every word given is already a single token")
+    pieces = {w: tokenizer.encode(w) for w in new}
+    # A whole-word match for words with spaces around them (Latin scripts); Chinese words sit
+    # between other characters, so they match anywhere.
+    added = [AddedToken(w, single_word=w.isascii(), normalized=True) for w in new]
+    tokenizer.backend.add_tokens(added)
+    from data.tokenizer import Tokenizer
+    tokenizer = Tokenizer(tokenizer.backend, tokenizer.roles, tokenizer.framing)
+    ids = [tokenizer.backend.token_to_id(w) for w in new]
+    if ids != list(range(old_size, old_size + len(new))):
+        raise ConvertError("the tokenizer did not give the new tokens the next ids; is a word a special token?")
+    rows = max(cfg["vocab_size"], 64 * -(-tokenizer.vocab_size // 64))
+    weights = dict(weights)
+    for name in ("tok_embeddings.weight", "output.weight", "mlm_head.bias"):
+        if name not in weights:
+            continue
+        old = weights[name]
+        grown = torch.cat([old, old.new_zeros(rows - old.shape[0], *old.shape[1:])]) if rows > old.shape[0] else old.clone()
+        for w, i in zip(new, ids):
+            grown[i] = old[pieces[w]].mean(0)
+        weights[name] = grown
+    cfg["vocab_size"] = rows
+    LMConfig.from_dict(cfg)
+    parts = {"model": weights}
+    check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
+    checkpoint.write(out_path, parts, kind="weights", step=0, model_config=cfg, config=state.get("config", {}),
+                     tokenizer=tokenizer, evaluated="model", new_rows_from=old_size)
+    say(f"added {len(new)} tokens (ids {old_size}..{old_size + len(new) - 1})"
+        + (f"; {len(skipped)} already single tokens were skipped" if skipped else "")
+        + f"; each new row starts as the mean of its old pieces -> {out_path}")
+    return {"added": new, "skipped": skipped, "ids": ids}
+
+
+# ---- command line ----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python convert.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    a = sub.add_parser("from_hf", help="a local Hugging Face model directory -> a checkpoint of ours")
+    a.add_argument("hf_dir")
+    a.add_argument("out", help="the checkpoint to write, e.g. out/minilm/init.pth")
+    b = sub.add_parser("to_hf", help="a checkpoint of ours -> a directory transformers loads")
+    b.add_argument("checkpoint")
+    b.add_argument("out_dir")
+    b.add_argument("--format", choices=["hf", "native"], default="hf",
+                   help="hf: the family's transformers layout (default); native: this project's own names")
+    b.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="--ema: the EMA weights; --no-ema: the raw ones; default: the weights the run evaluated")
+    c = sub.add_parser("expand_vocab", help="add words to a checkpoint's tokenizer, rows initialised from their pieces")
+    c.add_argument("--model_path", required=True)
+    c.add_argument("--out", required=True, help="the expanded checkpoint to write")
+    source = c.add_mutually_exclusive_group(required=True)
+    source.add_argument("--tokens", help="a file with one new token per line")
+    source.add_argument("--mine", nargs="+", help="JSONL files to mine frequent words from")
+    c.add_argument("--top", type=int, default=500, help="with --mine: how many words to add")
+    c.add_argument("--min_count", type=int, default=5, help="with --mine: least occurrences of a word")
+    c.add_argument("--text_field", default="text")
+    return p
+
+
+def _tokens_file(path: str) -> list:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return [line.rstrip("\r\n") for line in f]
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvertError(f"cannot read {path}: {e}")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    say = lambda line: print(line, file=sys.stderr)  # noqa: E731
+    if args.command == "from_hf":
+        print(f"wrote {from_hf(args.hf_dir, args.out, say)}")
+    elif args.command == "to_hf":
+        print(f"wrote {to_hf(args.checkpoint, args.out_dir, args.ema, args.format, say)}")
+    elif args.command == "expand_vocab":
+        if args.tokens:
+            words = _tokens_file(args.tokens)
+        else:
+            tokenizer = checkpoint.tokenizer_of(checkpoint.load_checkpoint(args.model_path))
+            words = mine_words(args.mine, tokenizer, args.top, args.min_count, args.text_field)
+        expand_vocab(args.model_path, args.out, words, say=print)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))
