@@ -13,7 +13,8 @@ Format 2:
     tokenizer_roles        {"roles": {pad, bos, eos, unk, mask: token or None}, "framing": "eos" | "cls_sep"}
     tokenizer_fingerprint  Tokenizer.fingerprint() of that tokenizer
     evaluated              "ema" or "model": the weights the run evaluated (and chose best.pth by)
-    new_rows_from          first vocabulary row added by `convert.py expand_vocab` (None: never expanded)
+    vocab_expansion        None, or {"new_rows_from": first row added by `convert.py expand_vocab`,
+                           "expanded_from": fingerprint of the tokenizer before the expansion}
     <part>                 one entry per part of the run's state, each the part's state_dict():
                            model, ema (with --use_ema), and for kind "train" also optimizer,
                            scheduler, scaler, progress, rng (a list, one per rank),
@@ -31,7 +32,7 @@ from utils import UserError, atomic_write
 
 FORMAT = 2
 META_KEYS = ("format", "kind", "step", "model_config", "config", "tokenizer", "tokenizer_roles",
-             "tokenizer_fingerprint", "evaluated", "new_rows_from")
+             "tokenizer_fingerprint", "evaluated", "vocab_expansion")
 CHECKPOINT_RE = re.compile(r"checkpoint_step_(\d+)\.pth$")
 INTERRUPTED = "checkpoint_interrupted.pth"
 BEST = "best.pth"
@@ -43,7 +44,7 @@ class CheckpointError(UserError):
 
 # ---- writing ---------------------------------------------------------------------------------------
 def write(path: str, parts: dict, *, kind: str, step: int, model_config: dict, config: dict, tokenizer,
-          evaluated: str, new_rows_from=None) -> None:
+          evaluated: str, vocab_expansion=None) -> None:
     """Write parts ({name: state_dict}) and the metadata as one checkpoint file, atomically."""
     clash = sorted(set(parts) & set(META_KEYS))
     if clash:
@@ -51,7 +52,7 @@ def write(path: str, parts: dict, *, kind: str, step: int, model_config: dict, c
     state = {"format": FORMAT, "kind": kind, "step": int(step), "model_config": dict(model_config),
              "config": config, "tokenizer": tokenizer.backend.to_str(), "tokenizer_roles": tokenizer.roles_state(),
              "tokenizer_fingerprint": tokenizer.fingerprint(), "evaluated": evaluated,
-             "new_rows_from": new_rows_from, **parts}
+             "vocab_expansion": vocab_expansion, **parts}
     atomic_save(state, path)
 
 

@@ -171,7 +171,7 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     weights, _ = checkpoint.inference_weights(state, None, model_path)
     tokenizer = checkpoint.tokenizer_of(state)
     cfg = dict(state["model_config"])
-    old_size = tokenizer.vocab_size
+    old_size, old_fingerprint = tokenizer.vocab_size, tokenizer.fingerprint()
     new, skipped = [], []
     for w in dict.fromkeys(x.strip() for x in words if x.strip()):
         (new if len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None else skipped).append(w)
@@ -202,7 +202,8 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     parts = {"model": weights}
     check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
     checkpoint.write(out_path, parts, kind="weights", step=0, model_config=cfg, config=state.get("config", {}),
-                     tokenizer=tokenizer, evaluated="model", new_rows_from=old_size)
+                     tokenizer=tokenizer, evaluated="model",
+                     vocab_expansion={"new_rows_from": old_size, "expanded_from": old_fingerprint})
     say(f"added {len(new)} tokens (ids {old_size}..{old_size + len(new) - 1})"
         + (f"; {len(skipped)} already single tokens were skipped" if skipped else "")
         + f"; each new row starts as the mean of its old pieces -> {out_path}")

@@ -31,7 +31,8 @@ def test_expansion_keeps_old_rows_and_starts_new_ones_from_their_pieces(source, 
     assert result["added"] == WORDS and result["skipped"] == ["e"]
     model, cfg, tok = checkpoint.load_for_inference(out)
     n_old = old_tok.vocab_size
-    assert checkpoint.load_checkpoint(out)["new_rows_from"] == n_old
+    expansion = checkpoint.load_checkpoint(out)["vocab_expansion"]
+    assert expansion == {"new_rows_from": n_old, "expanded_from": old_tok.fingerprint()}
     old_emb, emb = old_model.tok_embeddings.weight, model.tok_embeddings.weight
     assert torch.equal(emb[:n_old], old_emb[:n_old])                        # old rows untouched
     for word, i in zip(WORDS, result["ids"]):

@@ -28,3 +28,15 @@ def test_init_from_refuses_a_conflicting_model_setting(tiny_corpus, run_root):
                          str(run_root / "out" / "run" / "best.pth"), "--model.n_layers", "3"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "drop model.n_layers=3 (the source has 2)" in proc.stderr
+
+
+def test_init_from_refuses_a_tokenizer_that_is_not_the_sources(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1)
+    run_ok(train_cmd("--config", cfg))
+    run_ok(train_cmd("--config", cfg, "--run_name", "other", "--data.out_dir", str(run_root / "d300"),
+                     "--data.vocab_size", "300"))
+    proc = run(train_cmd("--config", cfg, "--run_name", "x", "--init_from", str(run_root / "out" / "run" / "best.pth"),
+                         "--data.tokenizer_path", str(run_root / "d300" / "tokenizer.json")))
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "is not the tokenizer of --init_from" in proc.stderr

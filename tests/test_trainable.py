@@ -23,7 +23,7 @@ def test_new_embeddings_train_alone(tiny_corpus, run_root):
     run_ok(["python", "convert.py", "expand_vocab", "--model_path", str(run_root / "out" / "run" / "best.pth"),
             "--out", expanded, "--mine", corpus, "--top", "4", "--min_count", "3"])
     source = torch.load(expanded, weights_only=True)
-    start, before = source["new_rows_from"], source["model"]
+    start, before = source["vocab_expansion"]["new_rows_from"], source["model"]
     phase = ["--config", cfg, "--init_from", expanded, "--trainable", "new_embeddings", "--use_ema",
              "--decay_embeddings", "--weight_decay", "0.1", "--data.out_dir", str(run_root / "data2"),
              "--save_interval", "3", "--eval_interval", "3", "--max_steps", "6"]

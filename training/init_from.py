@@ -15,7 +15,7 @@ class InitSource:
 
     def __init__(self, path: str, say=print):
         import checkpoint
-        self.new_rows_from = None  # set when the source's vocabulary was expanded
+        self.expansion = None  # {"new_rows_from", "expanded_from"} when the source's vocabulary was expanded
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
             from convert import import_hf
             model, cfg, self.tokenizer = import_hf(path, say)
@@ -24,7 +24,7 @@ class InitSource:
             state = checkpoint.load_checkpoint(path)
             self.weights, which = checkpoint.inference_weights(state, None, path)
             self.model_config, self.tokenizer = dict(state["model_config"]), checkpoint.tokenizer_of(state)
-            self.new_rows_from = state.get("new_rows_from")
+            self.expansion = state.get("vocab_expansion")
             if which == "ema":
                 say(f"--init_from {path}: starting from its EMA weights (the ones its run evaluated)")
         self.path = path

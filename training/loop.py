@@ -80,8 +80,8 @@ class Trainer:
         if self.init is not None:
             ckpt.load_weights(self.raw_model, self.init.weights, self.init.path)
             self.say(f"--init_from {self.init.path}: weights loaded; optimizer, schedule and step start fresh")
-        self.new_rows_from = self.init.new_rows_from if self.init is not None else None
-        new_rows = None if self.new_rows_from is None else (self.new_rows_from, self.tokenizer.vocab_size)
+        self.expansion = self.init.expansion if self.init is not None else None
+        new_rows = None if self.expansion is None else (self.expansion["new_rows_from"], self.tokenizer.vocab_size)
         self.freezer = Freezer(self.raw_model, t.trainable, new_rows)
         self.say(f"--trainable {t.trainable}: {self.freezer.describe()}")
         self.optimizer = build_optimizer(self.raw_model, t, device)
@@ -165,11 +165,15 @@ class Trainer:
         """The run reads its corpus with the source's tokenizer (rank 0 writes it for the others)."""
         d = self.cfg.data
         if d.tokenizer_path:
-            given = load_tokenizer(d.tokenizer_path)
-            if given.fingerprint() != self.init.tokenizer.fingerprint():
+            given = load_tokenizer(d.tokenizer_path).fingerprint()
+            if given == self.init.tokenizer.fingerprint():
+                return
+            if not (self.init.expansion and given == self.init.expansion["expanded_from"]):
                 raise ConfigError(f"data.tokenizer_path {d.tokenizer_path} is not the tokenizer of --init_from "
-                                  f"{self.init.path}; drop data.tokenizer_path to use the source's")
-            return
+                                  f"{self.init.path} (nor the one its vocabulary was expanded from); drop "
+                                  "data.tokenizer_path to use the source's")
+            self.say(f"note: data.tokenizer_path is the tokenizer {self.init.path} was expanded from; the run uses "
+                     "the expanded one")
         d.tokenizer_path = os.path.join(self.run_dir, "init_tokenizer")
         if self.info.is_main:
             self.init.write_tokenizer(d.tokenizer_path)
@@ -253,7 +257,7 @@ class Trainer:
     def _write(self, path: str, parts: dict, kind: str) -> None:
         ckpt.write(path, parts, kind=kind, step=self.step, model_config=self.model_config.to_dict(),
                    config=self.cfg.to_dict(), tokenizer=self.tokenizer,
-                   evaluated="ema" if self.ema is not None else "model", new_rows_from=self.new_rows_from)
+                   evaluated="ema" if self.ema is not None else "model", vocab_expansion=self.expansion)
 
     def save(self, name: str) -> str:
         """Write every part (a collective: each rank gives its RNG state); rank 0 writes the file."""
