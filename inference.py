@@ -91,8 +91,8 @@ def run_fill_mask(gen: TextGenerator, args) -> None:
     k = args.top_k if args.top_k else 5
     for i, candidates in enumerate(gen.fill_mask(args.fill_mask, top_k=k), start=1):
         print(f"mask {i}:")
-        for token, prob in candidates:
-            print(f"  {prob:7.4f}  {token!r}")
+        for c in candidates:
+            print(f"  {c['score']:7.4f}  {c['token_str']!r} (id {c['token']})  {c['sequence']}")
 
 
 def read_prompts(path: str) -> list:

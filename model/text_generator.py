@@ -143,8 +143,10 @@ class TextGenerator:
 
     # ---- masked LM -------------------------------------------------------------------------------
     @torch.inference_mode()
-    def fill_mask(self, text: str, top_k: int = 5) -> List[List[tuple]]:
-        """For each mask token in `text`, the top_k (token text, probability) candidates, best first."""
+    def fill_mask(self, text: str, top_k: int = 5) -> List[List[dict]]:
+        """For each mask token in `text` (the tokenizer's own: <mask>, [MASK]), the top_k candidates,
+        best first, with the fields of transformers' fill-mask pipeline: score, token (id),
+        token_str, and sequence (the text with that mask filled; other masks stay as they are)."""
         if self.model.config.causal:
             raise ValueError("this checkpoint is a causal LM: it generates (--prompt), it does not fill masks")
         ids = self.tokenizer.encode(text)
@@ -159,5 +161,14 @@ class TextGenerator:
         logits = self.model(torch.tensor([ids], device=device)).logits[0, where].float()
         probs = torch.softmax(logits, dim=-1)
         top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
-        return [[(self.tokenizer.decode([t]), p) for t, p in zip(ts.tolist(), ps.tolist())]
-                for ts, ps in zip(top.indices, top.values)]
+        results = []
+        for position, ts, ps in zip(where, top.indices.tolist(), top.values.tolist()):
+            candidates = []
+            for t, p in zip(ts, ps):
+                filled = list(ids)
+                filled[position] = t
+                sequence = self.tokenizer.decode(filled, skip_special_tokens=len(where) == 1)
+                candidates.append({"score": p, "token": t, "token_str": self.tokenizer.decode([t]).strip(),
+                                   "sequence": sequence})
+            results.append(candidates)
+        return results

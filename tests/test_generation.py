@@ -141,10 +141,15 @@ def test_fill_mask_candidates_sorted_with_probabilities(tok):
     gen = TextGenerator(tiny_model("mlm"), tok)
     result = gen.fill_mask("The <mask> and the <mask>.", top_k=4)
     assert len(result) == 2
-    for candidates in result:
-        probs = [p for _, p in candidates]
+    for i, candidates in enumerate(result):
+        probs = [c["score"] for c in candidates]
         assert len(candidates) == 4 and probs == sorted(probs, reverse=True)
         assert all(0 < p <= 1 for p in probs)
+        for c in candidates:  # the pipeline's fields: the filled sequence holds the candidate, the other mask stays
+            assert c["token_str"] == tok.decode([c["token"]]).strip()
+            assert c["sequence"].count("<mask>") == 1
+    single = gen.fill_mask("The <mask> of Denmark.", top_k=2)[0][0]
+    assert single["sequence"] == tok.decode(tok.encode("The ") + [single["token"]] + tok.encode(" of Denmark."))
     with pytest.raises(ValueError, match="no <mask> token"):
         gen.fill_mask("nothing to fill")
     with pytest.raises(ValueError, match="masked LM"):
