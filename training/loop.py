@@ -418,7 +418,8 @@ class Trainer:
                         outcome = "early_stopped"
                         self.save(f"checkpoint_step_{self.step}.pth")
                         break
-                    if any_rank(signals.received is not None, info, self.device):
+                    # Under DDP the ranks agree on stopping with a collective: on a GPU only at checks.
+                    if check and any_rank(signals.received is not None, info, self.device):
                         path = self.save(ckpt.INTERRUPTED)
                         self.say(f"interrupted by {signals.received or 'another rank'} at step {self.step}; saved {path}")
                         outcome = "interrupted"
