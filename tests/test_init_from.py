@@ -40,3 +40,12 @@ def test_init_from_refuses_a_tokenizer_that_is_not_the_sources(tiny_corpus, run_
                          "--data.tokenizer_path", str(run_root / "d300" / "tokenizer.json")))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "is not the tokenizer of --init_from" in proc.stderr
+
+
+def test_the_config_files_model_section_gives_way_to_the_source(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1)
+    run_ok(train_cmd("--config", cfg, "--model.n_layers", "1"))
+    proc = run_ok(train_cmd("--config", cfg, "--run_name", "x", "--init_from", str(run_root / "out" / "run" / "best.pth")))
+    assert "the config file's model.n_layers give way to the source's" in proc.stdout + proc.stderr
+    assert torch.load(run_root / "out" / "x" / "best.pth", weights_only=True)["model_config"]["n_layers"] == 1

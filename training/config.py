@@ -88,6 +88,7 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     notes: list = field(default_factory=list)   # how conflicting settings were resolved, for the log
+    cli_keys: set = field(default_factory=set)  # (section, key) given on the command line
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
@@ -251,7 +252,8 @@ def build_config(argv, default_config: Optional[str] = None) -> RunConfig:
                 from_yaml.add((section, key))
     for section, key, value in overrides:
         _apply(cfg, section, key, value)
-    _resolve_run_length(cfg, from_yaml, {(s, k) for s, k, _ in overrides}, config_path)
+    cfg.cli_keys = {(s, k) for s, k, _ in overrides}
+    _resolve_run_length(cfg, from_yaml, cfg.cli_keys, config_path)
     validate(cfg)
     return cfg
 

@@ -29,13 +29,19 @@ class InitSource:
                 say(f"--init_from {path}: starting from its EMA weights (the ones its run evaluated)")
         self.path = path
 
-    def model_settings(self, requested: dict) -> dict:
-        """The source's model config, with the run's runtime settings; any other model.* key set to a
-        different value is one line naming it."""
-        conflicts = [f"model.{k}={v!r} (the source has {self.model_config.get(k)!r})" for k, v in requested.items()
-                     if k not in RUNTIME_KEYS and k != "pad_token_id" and self.model_config.get(k) != v]
+    def model_settings(self, requested: dict, from_cli: set, say=print) -> dict:
+        """The source's model config, with the run's runtime settings. A model.* key given on the
+        command line with another value is one line naming it; the config file's model section
+        (written for training from scratch) gives way to the source, with a note."""
+        differs = {k: v for k, v in requested.items()
+                   if k not in RUNTIME_KEYS and k != "pad_token_id" and self.model_config.get(k) != v}
+        conflicts = [f"model.{k}={v!r} (the source has {self.model_config.get(k)!r})" for k, v in differs.items()
+                     if k in from_cli]
         if conflicts:
             raise ConfigError(f"--init_from {self.path} fixes the model's shape; drop {', '.join(conflicts)}")
+        if differs:
+            say(f"note: --init_from {self.path} fixes the model; the config file's "
+                f"{', '.join(f'model.{k}' for k in differs)} give way to the source's")
         return {**self.model_config, **{k: v for k, v in requested.items() if k in RUNTIME_KEYS}}
 
     def write_tokenizer(self, directory: str) -> str:

@@ -130,7 +130,10 @@ class Trainer:
         for b in (train_bin, val_bin):
             if b is not None:
                 b.check_tokenizer(self.fingerprint)
-        model_dict = self.init.model_settings(cfg.model) if self.init is not None else dict(cfg.model)
+        if self.init is not None:
+            model_dict = self.init.model_settings(cfg.model, {k for s, k in cfg.cli_keys if s == "model"}, self.say)
+        else:
+            model_dict = dict(cfg.model)
         model_dict.setdefault("vocab_size", 64 * math.ceil(self.tokenizer.vocab_size / 64))
         model_dict["pad_token_id"] = self.tokenizer.pad_id
         cfg.model = model_dict
