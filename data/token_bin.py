@@ -11,6 +11,7 @@ import os
 import numpy as np
 
 from data.errors import DataError
+from utils import write_json_atomic  # noqa: F401  (the sidecars are written with it)
 
 FORMAT_VERSION = 1
 
@@ -25,16 +26,6 @@ def meta_path(bin_path: str) -> str:
 
 def idx_path(bin_path: str) -> str:
     return bin_path + ".idx"
-
-
-def write_json_atomic(path: str, obj) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def read_meta(bin_path: str) -> dict:

@@ -5,12 +5,15 @@ characters): no normaliser, no prefix space, and a byte-level decoder."""
 import hashlib
 import json
 import os
+import re
+import sys
 
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.jsonl import iter_texts
+from utils import atomic_write
 
 # Fixed ids 0..4, so masks and padding never depend on the corpus.
 SPECIAL_TOKENS = {"pad": "<pad>", "bos": "<s>", "eos": "</s>", "unk": "<unk>", "mask": "<mask>"}
@@ -99,10 +102,7 @@ class Tokenizer:
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
     def save(self, path: str) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = path + ".tmp"
-        self.backend.save(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: f.write(self.backend.to_str(pretty=True)), binary=False)
 
 
 FRAMINGS = ("eos", "cls_sep")
@@ -148,7 +148,33 @@ def _alphabet() -> list:
 MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens, before any merge
 
 
-def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text") -> Tokenizer:
+# What tokenizer training sees of any one document and any one word. BPE training slows roughly
+# quadratically with the length of a word (a 200k-character word took 17 s, a 5 MB one over ten
+# minutes); no useful token is that long, so longer runs are cut into pieces for training only.
+TRAIN_MAX_WORD = 100
+TRAIN_MAX_DOC = 200_000
+_LONG_RUN = re.compile(r"\S{%d,}" % (TRAIN_MAX_WORD + 1))
+
+
+def training_texts(files, text_field: str, max_length: int, counts: dict):
+    """The corpus as tokenizer training reads it: documents the processor would reject skipped,
+    each cut to TRAIN_MAX_DOC characters, runs of non-space longer than TRAIN_MAX_WORD split."""
+    from tqdm import tqdm
+    with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
+        for text in iter_texts(files, text_field, max_chars=max_length):
+            if len(text) > TRAIN_MAX_DOC:
+                counts["documents_cut"] += 1
+                text = text[:TRAIN_MAX_DOC]
+            if _LONG_RUN.search(text):
+                counts["words_split"] += len(_LONG_RUN.findall(text))
+                text = _LONG_RUN.sub(lambda m: " ".join(m.group(0)[i:i + TRAIN_MAX_WORD]
+                                                        for i in range(0, len(m.group(0)), TRAIN_MAX_WORD)), text)
+            bar.update(1)
+            yield text
+
+
+def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
+                    max_length: int = 10_000_000, say=print) -> Tokenizer:
     if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
         raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
                         f"tokens), got {vocab_size}")
@@ -158,7 +184,11 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
-    backend.train_from_iterator(iter_texts(files, text_field), trainer=trainer)
+    counts = {"documents_cut": 0, "words_split": 0}
+    backend.train_from_iterator(training_texts(files, text_field, max_length, counts), trainer=trainer)
+    if any(counts.values()):
+        say(f"tokenizer: for training only, cut {counts['documents_cut']} document(s) to {TRAIN_MAX_DOC:,} characters "
+            f"and split {counts['words_split']} run(s) of over {TRAIN_MAX_WORD} characters without a space")
     tok = Tokenizer(backend)
     tok.save(out_path)
     return tok
