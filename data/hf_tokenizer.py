@@ -11,7 +11,6 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from data.errors import DataError
-from data.tokenizer import SPECIAL_TOKENS, Tokenizer
 from utils import write_json_atomic
 
 ROLE_KEYS = {"pad": ("pad_token",), "bos": ("bos_token", "cls_token"), "eos": ("eos_token", "sep_token"),
@@ -70,9 +69,9 @@ def _wordpiece(directory: str) -> BackendTokenizer:
     return backend
 
 
-def load_tokenizer_dir(path: str) -> Tokenizer:
-    """A tokenizer from a directory (tokenizer.json or vocab.txt) or a tokenizer.json file, with its
-    roles from the sidecar files beside it; this project's fixed roles when there are none."""
+def read_tokenizer_files(path: str) -> tuple:
+    """(backend, roles or None, framing) from a directory (tokenizer.json or vocab.txt) or a
+    tokenizer.json file, the roles from the sidecar files beside it (None: there are none)."""
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if os.path.isfile(file):
@@ -88,15 +87,12 @@ def load_tokenizer_dir(path: str) -> Tokenizer:
     else:
         raise DataError(f"tokenizer not found: {file}" + (" (nor vocab.txt)" if os.path.isdir(path) else ""))
     found = read_roles(directory)
-    if found is None:
-        return Tokenizer(backend)
-    roles, framing = found
-    if all(v is None for v in roles.values()):
-        roles = dict(SPECIAL_TOKENS)
-    return Tokenizer(backend, roles, framing)
+    if found is None or all(v is None for v in found[0].values()):
+        return backend, None, "eos"
+    return backend, found[0], found[1]
 
 
-def save_roles(tokenizer: Tokenizer, directory: str) -> None:
+def save_roles(tokenizer, directory: str) -> None:
     """Write special_tokens_map.json and tokenizer_config.json for a tokenizer whose roles are not
     the default (also what AutoTokenizer reads to know pad, eos and mask)."""
     roles = {f"{keys[0]}": tokenizer.roles[role] for role, keys in ROLE_KEYS.items() if tokenizer.roles.get(role)}

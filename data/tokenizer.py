@@ -12,6 +12,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
+from data.hf_tokenizer import read_tokenizer_files
 from data.jsonl import iter_texts
 from utils import atomic_write
 
@@ -197,5 +198,5 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
 def load_tokenizer(path: str) -> Tokenizer:
     """A tokenizer.json file or a directory holding one (or a WordPiece vocab.txt); roles come from
     special_tokens_map.json / tokenizer_config.json beside it when present."""
-    from data.hf_tokenizer import load_tokenizer_dir
-    return load_tokenizer_dir(path)
+    backend, roles, framing = read_tokenizer_files(path)
+    return Tokenizer(backend, roles, framing)
