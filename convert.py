@@ -146,7 +146,7 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     import collections
     import re
 
-    from data.jsonl import iter_texts
+    from data.sources import iter_texts
     counts = collections.Counter()
     for text in iter_texts(files, text_field):
         counts.update(w for w in re.findall(r"\w+", text) if 2 <= len(w) <= 24)

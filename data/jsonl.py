@@ -10,7 +10,7 @@ from data.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
 REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "missing_field", "non_string",
-                  "empty_text", "contains_nul", "too_long")
+                  "empty_text", "contains_nul", "too_long", "too_short")
 
 
 def expand_inputs(patterns) -> list:
@@ -71,12 +71,3 @@ def iter_lines(path: str, start: int = 0):
         for raw in f:
             offset += len(raw)
             yield raw, offset
-
-
-def iter_texts(patterns, text_field: str = "text", max_chars: int = 10_000_000):
-    """Valid document texts of all inputs (for tokenizer training)."""
-    for path in expand_inputs(patterns):
-        for raw, _ in iter_lines(path):
-            text, _reason = parse_line(raw, text_field, max_chars)
-            if text is not None:
-                yield text

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.jsonl import REJECT_REASONS, expand_inputs, iter_lines, parse_line
+from data.jsonl import REJECT_REASONS, expand_inputs
+from data.sources import TEXT_UNITS, iter_records
 from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
 from data.tokenizer import load_tokenizer
 from utils import OutputError, atomic_write, write_json_atomic
@@ -44,7 +45,8 @@ class Chunk:
     end: tuple = (0, 0)                           # (file index, byte offset) after the last line
 
 
-def check_settings(chunk_size: int, val_ratio: float, max_length: int) -> None:
+def check_settings(chunk_size: int, val_ratio: float, max_length: int, min_chars: int = 1,
+                   text_unit: str = "paragraph") -> None:
     """Refuse impossible settings before any work (prepare_corpus calls this before training a tokenizer)."""
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
@@ -52,6 +54,10 @@ def check_settings(chunk_size: int, val_ratio: float, max_length: int) -> None:
         raise DataError(f"val_ratio must be in [0, 1), got {val_ratio}")
     if max_length < 1:
         raise DataError(f"max_length must be at least 1 character, got {max_length}")
+    if not 1 <= min_chars <= max_length:
+        raise DataError(f"min_chars must be between 1 and max_length ({max_length}), got {min_chars}")
+    if text_unit not in TEXT_UNITS:
+        raise DataError(f"text_unit must be one of {', '.join(TEXT_UNITS)}, got {text_unit!r}")
 
 
 def _totals(stats) -> tuple:
@@ -80,11 +86,15 @@ def _fresh_stats() -> dict:
 class DataProcessor:
     def __init__(self, tokenizer_path: str, max_length: int = 10_000_000, chunk_size: int = 2048,
                  save_interval: int = 0, text_field: str = "text", val_ratio: float = 0.0, seed: int = 0,
-                 show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES):
+                 show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES, min_chars: int = 1,
+                 text_unit: str = "paragraph"):
         """max_length: longest document kept, in characters; chunk_size: most documents tokenized
         per batch; chunk_bytes: most text per batch (memory follows the batch, not the corpus);
-        save_interval: documents between durable progress commits (0: every chunk)."""
-        check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length)
+        save_interval: documents between durable progress commits (0: every chunk); min_chars:
+        shortest document kept; text_unit: a plain-text file's documents are its lines or paragraphs."""
+        check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length, min_chars=min_chars,
+                       text_unit=text_unit)
+        self.min_chars, self.text_unit = min_chars, text_unit
         self.tokenizer_path = tokenizer_path
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.max_length, self.chunk_size, self.save_interval = max_length, chunk_size, save_interval
@@ -102,9 +112,8 @@ class DataProcessor:
 
         def write(out):
             for path in expand_inputs(input_path):
-                for raw, _ in iter_lines(path):
+                for text, reason, _, _ in self._records(path, 0):
                     stats["documents_read"] += 1
-                    text, reason = parse_line(raw, self.text_field, self.max_length)
                     if reason:
                         stats["rejected"][reason] += 1
                         continue
@@ -128,7 +137,11 @@ class DataProcessor:
         inputs = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
         return {"format": FORMAT_VERSION, "inputs": inputs,
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
-                "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length}
+                "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length,
+                "min_chars": self.min_chars, "text_unit": self.text_unit}
+
+    def _records(self, path: str, start: int):
+        return iter_records(path, start, self.text_field, self.max_length, self.min_chars, self.text_unit)
 
     def is_complete(self, input_path, output_path: str) -> bool:
         paths = self.output_paths(output_path)
@@ -218,16 +231,15 @@ class DataProcessor:
         for file_index in range(state["file_index"], len(files)):
             start = state["offset"] if file_index == state["file_index"] else 0
             chunk, last = Chunk(), start
-            for raw, offset in iter_lines(files[file_index], start):
+            for text, reason, offset, size in self._records(files[file_index], start):
                 bar.update(offset - last)
                 last = offset
                 chunk.read += 1
-                text, reason = parse_line(raw, self.text_field, self.max_length)
                 if reason:
                     chunk.rejected[reason] = chunk.rejected.get(reason, 0) + 1
                 else:
                     chunk.texts.append(text)
-                    chunk.text_bytes += len(raw)
+                    chunk.text_bytes += size
                 if len(chunk.texts) >= self.chunk_size or chunk.text_bytes >= self.chunk_bytes:
                     chunk.end = (file_index, offset)
                     yield chunk

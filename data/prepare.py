@@ -12,9 +12,9 @@ from data.tokenizer import load_tokenizer, train_tokenizer
 from utils import check_writable_dir, write_json_atomic
 
 
-def _tokenizer_recipe(files, vocab_size, text_field, max_length) -> dict:
+def _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit) -> dict:
     return {"inputs": [[os.path.abspath(f), os.path.getsize(f)] for f in files], "vocab_size": vocab_size,
-            "text_field": text_field, "max_length": max_length}
+            "text_field": text_field, "max_length": max_length, "min_chars": min_chars, "text_unit": text_unit}
 
 
 def _read_recipe(path: str):
@@ -29,17 +29,19 @@ def _read_recipe(path: str):
         return None
 
 
-def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 10_000_000) -> str:
+def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 10_000_000, min_chars: int = 1,
+                     text_unit: str = "paragraph") -> str:
     """out_dir/tokenizer.json, trained unless one made from the same recipe is already there."""
     path = os.path.join(out_dir, "tokenizer.json")
     recipe_path = path + ".recipe.json"
-    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_length)
+    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit)
     if os.path.exists(path) and _read_recipe(recipe_path) == recipe:
         return path
     check_writable_dir(out_dir, "output directory")
     started = time.perf_counter()
     print(f"tokenizer: training byte-level BPE ({vocab_size} tokens) on {len(files)} file(s)...", flush=True)
-    tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_length=max_length)
+    tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_length=max_length,
+                          min_chars=min_chars, text_unit=text_unit)
     write_json_atomic(recipe_path, recipe)
     print(f"tokenizer: byte-level BPE, {tok.vocab_size} tokens, trained in {time.perf_counter() - started:.1f}s -> {path}")
     return path
@@ -47,16 +49,17 @@ def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 1
 
 def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str = "text", val_ratio: float = 0.05,
                    tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
-                   max_length: int = 10_000_000) -> dict:
+                   max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph") -> dict:
     files = expand_inputs(inputs)
-    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length)
+    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length, min_chars=min_chars,
+                   text_unit=text_unit)
     check_writable_dir(out_dir, "output directory")  # before any work
     if tokenizer_path:
         load_tokenizer(tokenizer_path)  # fail early with its own message
     else:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length)
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length, min_chars, text_unit)
     processor = DataProcessor(tokenizer_path, max_length=max_length, chunk_size=chunk_size, text_field=text_field,
-                              val_ratio=val_ratio, seed=seed)
+                              val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit)
     paths = processor.process_dataset(files, os.path.join(out_dir, "train.bin"), resume=resume)
     if not processor.reused:
         _print_summary(processor, paths)

@@ -20,7 +20,7 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_arg_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m data.processor",
                        description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
-    p.add_argument("inputs", nargs="+", help="JSONL files or globs")
+    p.add_argument("inputs", nargs="+", help="JSONL, .txt or .md files, or globs")
     p.add_argument("--out_dir", required=True, help="where tokenizer.json, train.bin, val.bin and stats go")
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer.json or Hugging Face directory "
                                                      "(default: train one)")
@@ -31,6 +31,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk_size", type=int, default=2048, help="documents tokenized per batch")
     p.add_argument("--max_length", type=int, default=10_000_000,
                    help="longest document kept, in characters (tokenizer training skips longer ones too)")
+    p.add_argument("--min_chars", type=int, default=1, help="shortest document kept, in characters")
+    p.add_argument("--text_unit", choices=["paragraph", "line"], default="paragraph",
+                   help=".txt/.md inputs: one document per blank-line-separated paragraph (default) or per line")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted run (default); --no-resume starts over")
     return p
@@ -40,7 +43,8 @@ def main(argv=None) -> int:
     args = build_arg_parser().parse_args(argv)
     prepare_corpus(args.inputs, args.out_dir, vocab_size=args.vocab_size, text_field=args.text_field,
                    val_ratio=args.val_ratio, tokenizer_path=args.tokenizer, seed=args.seed,
-                   chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length)
+                   chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length,
+                   min_chars=args.min_chars, text_unit=args.text_unit)
     return 0
 
 

@@ -13,7 +13,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.hf_tokenizer import read_tokenizer_files
-from data.jsonl import iter_texts
+from data.sources import iter_texts
 from utils import atomic_write
 
 # Fixed ids 0..4, so masks and padding never depend on the corpus.
@@ -157,12 +157,13 @@ TRAIN_MAX_DOC = 200_000
 _LONG_RUN = re.compile(r"\S{%d,}" % (TRAIN_MAX_WORD + 1))
 
 
-def training_texts(files, text_field: str, max_length: int, counts: dict):
+def training_texts(files, text_field: str, max_length: int, counts: dict, min_chars: int = 1,
+                   text_unit: str = "paragraph"):
     """The corpus as tokenizer training reads it: documents the processor would reject skipped,
     each cut to TRAIN_MAX_DOC characters, runs of non-space longer than TRAIN_MAX_WORD split."""
     from tqdm import tqdm
     with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
-        for text in iter_texts(files, text_field, max_chars=max_length):
+        for text in iter_texts(files, text_field, max_length, min_chars, text_unit):
             if len(text) > TRAIN_MAX_DOC:
                 counts["documents_cut"] += 1
                 text = text[:TRAIN_MAX_DOC]
@@ -175,7 +176,8 @@ def training_texts(files, text_field: str, max_length: int, counts: dict):
 
 
 def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
-                    max_length: int = 10_000_000, say=print) -> Tokenizer:
+                    max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
+                    say=print) -> Tokenizer:
     if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
         raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
                         f"tokens), got {vocab_size}")
@@ -186,7 +188,8 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
     counts = {"documents_cut": 0, "words_split": 0}
-    backend.train_from_iterator(training_texts(files, text_field, max_length, counts), trainer=trainer)
+    texts = training_texts(files, text_field, max_length, counts, min_chars, text_unit)
+    backend.train_from_iterator(texts, trainer=trainer)
     if any(counts.values()):
         say(f"tokenizer: for training only, cut {counts['documents_cut']} document(s) to {TRAIN_MAX_DOC:,} characters "
             f"and split {counts['words_split']} run(s) of over {TRAIN_MAX_WORD} characters without a space")

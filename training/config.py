@@ -21,7 +21,10 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 class DataConfig:
     inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
-    text_field: str = "text"
+    text_field: str = "text"              # JSONL inputs; .txt / .md inputs are plain text
+    text_unit: str = "paragraph"          # plain text: one document per paragraph or per line
+    min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
+    max_length: int = 10_000_000          # longer documents are dropped (counted as too_long)
     vocab_size: int = 4096                # tokenizer size when one is trained
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
     train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);

@@ -19,7 +19,8 @@ def prepare_run_data(cfg, info) -> dict:
         if os.path.normpath(SAMPLE_CORPUS) in map(os.path.normpath, d.inputs) and not os.path.exists(SAMPLE_CORPUS):
             build_sample_corpus(SAMPLE_CORPUS)
         return prepare_corpus(d.inputs, d.out_dir, vocab_size=d.vocab_size, text_field=d.text_field,
-                              val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed)
+                              val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed,
+                              max_length=d.max_length, min_chars=d.min_chars, text_unit=d.text_unit)
 
     paths = prepare() if info.is_main else None
     barrier(info)

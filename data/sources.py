@@ -1,0 +1,67 @@
+"""Documents from the files a corpus is made of, by kind: JSONL (one JSON object per line, the text
+under a field), or plain text and Markdown (.txt, .md: one document per line, or per paragraph of
+lines between blank lines). Every record comes with the byte offset after it, so a reader can
+resume from exactly there, and a rejected record comes with its reason instead of its text."""
+import os
+
+from data.jsonl import expand_inputs, iter_lines, parse_line
+
+TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")
+TEXT_UNITS = ("paragraph", "line")
+
+
+def is_plain_text(path: str) -> bool:
+    return os.path.splitext(path)[1].lower() in TEXT_EXTENSIONS
+
+
+def _text_records(path: str, start: int, unit: str):
+    """(text or None, reason or None, offset after, bytes read) for a plain-text file."""
+    lines, size, first = [], 0, start == 0
+    for raw, offset in iter_lines(path, start):
+        size += len(raw)
+        try:
+            line = raw.decode("utf-8").rstrip("\r\n")
+            if first:  # a byte-order mark is not text
+                line, first = line.lstrip("\ufeff"), False
+        except UnicodeDecodeError:
+            yield None, "invalid_utf8", offset, size
+            lines, size = [], 0
+            continue
+        if unit == "line":
+            yield (line, None, offset, size) if line.strip() else (None, "empty_line", offset, size)
+            size = 0
+        elif line.strip():
+            lines.append(line)
+        elif lines:  # a blank line ends the paragraph
+            yield "\n".join(lines), None, offset, size
+            lines, size = [], 0
+    if lines:
+        yield "\n".join(lines), None, offset, size
+
+
+def iter_records(path: str, start: int = 0, text_field: str = "text", max_chars: int = 10_000_000,
+                 min_chars: int = 1, text_unit: str = "paragraph"):
+    """(text, reason, offset after, bytes read) for every record of `path` from byte `start`:
+    text is None when the record is rejected, and reason says why."""
+    if is_plain_text(path):
+        records = _text_records(path, start, text_unit)
+    else:
+        records = ((*parse_line(raw, text_field, max_chars), offset, len(raw)) for raw, offset in iter_lines(path, start))
+    for text, reason, offset, size in records:
+        if text is not None:
+            if "\x00" in text:
+                text, reason = None, "contains_nul"
+            elif len(text) > max_chars:
+                text, reason = None, "too_long"
+            elif len(text.strip()) < min_chars:
+                text, reason = None, "too_short" if text.strip() else "empty_text"
+        yield text, reason, offset, size
+
+
+def iter_texts(patterns, text_field: str = "text", max_chars: int = 10_000_000, min_chars: int = 1,
+               text_unit: str = "paragraph"):
+    """Valid document texts of all inputs, JSONL or plain text (for tokenizer training and mining)."""
+    for path in expand_inputs(patterns):
+        for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_chars, min_chars, text_unit):
+            if text is not None:
+                yield text
