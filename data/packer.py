@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -81,6 +82,24 @@ def _fresh_stats() -> dict:
     return {"documents_read": 0, "documents_kept": 0, "rejected": {r: 0 for r in REJECT_REASONS},
             "splits": {s: {"documents": 0, "tokens": 0, "characters": 0, "text_bytes": 0} for s in SPLITS},
             "tokens_per_document": {"min": None, "max": 0, "sum": 0, "log2_histogram": {}}}
+
+
+@contextmanager
+def _output_errors(paths):
+    """An OSError while writing the .partial token files becomes one OutputError line; the work
+    committed before it stays valid, and the progress file lets a rerun resume from there."""
+    directory = os.path.dirname(os.path.abspath(paths["train"]))
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"cannot write the token files in {directory}: {e.strerror or e}") from None
+        try:
+            free = f"{shutil.disk_usage(directory).free / 1e6:.1f} MB free"
+        except OSError:
+            free = "free space unknown"
+        raise OutputError(f"no space left writing the token files in {directory} ({free}): the work committed "
+                          "so far is kept; free some space and run the same command again to resume") from None
 
 
 class DataProcessor:
@@ -251,7 +270,8 @@ class DataProcessor:
     def _tokenize(self, files, paths, state) -> None:
         """Read and validate the next chunk while a worker thread tokenizes the previous one (the
         tokenizer releases the GIL), then write and commit chunks strictly in input order."""
-        handles = self._open_partials(paths, state)
+        with _output_errors(paths):
+            handles = self._open_partials(paths, state)
         total = sum(os.path.getsize(f) for f in files)
         done_before = sum(os.path.getsize(f) for f in files[:state["file_index"]]) + state["offset"]
         bar = tqdm(total=total, initial=done_before, unit="B", unit_scale=True, desc="processing",
@@ -266,19 +286,14 @@ class DataProcessor:
                     pending = (chunk, encoded)
                 if pending:
                     self._store(*pending, paths, state, handles, since_commit=-1)
-        except OSError as e:
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise OutputError(f"cannot write under {os.path.dirname(os.path.abspath(paths['train']))}: "
-                                  f"{e.strerror or e}") from None
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(paths["train"]))).free
-            raise OutputError(f"no space left writing {paths['train']}.partial ({free / 1e6:.1f} MB free; this "
-                              f"corpus needs about {sum(os.path.getsize(f) for f in files) / 1e6:.0f} MB more at most): "
-                              "the work committed so far is kept, and running the same command again resumes it") from None
         finally:
             bar.close()
             for pair in handles.values():
                 for f in pair:
-                    f.close()
+                    try:
+                        f.close()
+                    except OSError:  # unflushed bytes past the last commit: a rerun truncates them anyway
+                        pass
         state["phase"] = "finalize"
         write_json_atomic(paths["progress"], state)
 
@@ -289,10 +304,12 @@ class DataProcessor:
         stats["documents_read"] += chunk.read
         for reason, n in chunk.rejected.items():
             stats["rejected"][reason] += n
-        self._write_chunk(chunk.texts, encoded.result(), handles, stats)
-        if since_commit < 0 or since_commit + len(chunk.texts) >= self.save_interval:
-            self._commit(paths, state, handles, *chunk.end)
-            return 0
+        ids = encoded.result()
+        with _output_errors(paths):
+            self._write_chunk(chunk.texts, ids, handles, stats)
+            if since_commit < 0 or since_commit + len(chunk.texts) >= self.save_interval:
+                self._commit(paths, state, handles, *chunk.end)
+                return 0
         return since_commit + len(chunk.texts)
 
     def _write_chunk(self, texts, encoded, handles, stats) -> None:
