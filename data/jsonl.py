@@ -65,7 +65,11 @@ def parse_line(raw: bytes, text_field: str, max_chars: int):
 
 def iter_lines(path: str, start: int = 0):
     """(raw line bytes, byte offset after it) from `start`; a last line without newline included."""
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
+    with f:
         f.seek(start)
         offset = start
         for raw in f:
