@@ -5,9 +5,9 @@ import json
 import os
 import time
 
-from data.errors import DataError
 from data.jsonl import expand_inputs
 from data.packer import DataProcessor, check_settings
+from data.sources import nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
 from utils import check_writable_dir, write_json_atomic
 
@@ -65,9 +65,7 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
         _print_summary(processor, paths)
     s = processor.stats
     if s["documents_kept"] == 0:
-        rejected = {k: v for k, v in s["rejected"].items() if v}
-        raise DataError(f"no usable document in {', '.join(files)}: all {s['documents_read']} lines were rejected "
-                        f"{json.dumps(rejected)} (is --text_field {text_field!r} the field that holds the text?)")
+        raise nothing_usable(files, s["documents_read"], s["rejected"], text_field)
     return {"train_bin": paths["train"], "val_bin": paths["val"], "tokenizer": tokenizer_path,
             "stats": paths["stats"]}
 

@@ -2,8 +2,10 @@
 under a field), or plain text and Markdown (.txt, .md: one document per line, or per paragraph of
 lines between blank lines). Every record comes with the byte offset after it, so a reader can
 resume from exactly there, and a rejected record comes with its reason instead of its text."""
+import json
 import os
 
+from data.errors import DataError
 from data.jsonl import expand_inputs, iter_lines, parse_line
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")
@@ -65,3 +67,11 @@ def iter_texts(patterns, text_field: str = "text", max_chars: int = 10_000_000, 
         for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_chars, min_chars, text_unit):
             if text is not None:
                 yield text
+
+
+def nothing_usable(files, read: int, rejected: dict, text_field: str) -> DataError:
+    """The one-line error for inputs of which no record is a usable document, with the reasons."""
+    rejected = {k: v for k, v in rejected.items() if v}
+    return DataError(f"no usable document in {', '.join(files)}: all {read} lines were rejected "
+                     f"{json.dumps(rejected, sort_keys=True)} (is --text_field {text_field!r} the field that "
+                     "holds the text?)")

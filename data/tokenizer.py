@@ -13,7 +13,8 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.hf_tokenizer import read_tokenizer_files
-from data.sources import iter_texts
+from data.jsonl import expand_inputs
+from data.sources import iter_records, nothing_usable
 from utils import atomic_write
 
 # Fixed ids 0..4, so masks and padding never depend on the corpus.
@@ -151,28 +152,44 @@ MIN_VOCAB = 256 + len(SPECIAL_TOKENS)  # every byte plus the special tokens, bef
 
 # What tokenizer training sees of any one document and any one word. BPE training slows roughly
 # quadratically with the length of a word (a 200k-character word took 17 s, a 5 MB one over ten
-# minutes); no useful token is that long, so longer runs are cut into pieces for training only.
+# minutes); no useful token is that long, so for training only, longer runs of non-space (minified
+# JSON, base64, URLs) are cut into pieces and longer runs of whitespace are shortened.
 TRAIN_MAX_WORD = 100
 TRAIN_MAX_DOC = 200_000
-_LONG_RUN = re.compile(r"\S{%d,}" % (TRAIN_MAX_WORD + 1))
+_LONG_RUN = re.compile(r"\S{%d,}|\s{%d,}" % (TRAIN_MAX_WORD + 1, TRAIN_MAX_WORD + 1))
+
+
+def _bound_run(match) -> str:
+    run = match.group(0)
+    if run[0].isspace():  # nothing can separate whitespace from whitespace: keep its start only
+        return run[:TRAIN_MAX_WORD]
+    return " ".join(run[i:i + TRAIN_MAX_WORD] for i in range(0, len(run), TRAIN_MAX_WORD))
 
 
 def training_texts(files, text_field: str, max_length: int, counts: dict, min_chars: int = 1,
                    text_unit: str = "paragraph"):
-    """The corpus as tokenizer training reads it: documents the processor would reject skipped,
-    each cut to TRAIN_MAX_DOC characters, runs of non-space longer than TRAIN_MAX_WORD split."""
+    """The corpus as tokenizer training reads it: records the processor would reject skipped (and
+    counted by reason), each document cut to TRAIN_MAX_DOC characters, runs over TRAIN_MAX_WORD bounded."""
     from tqdm import tqdm
     with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
-        for text in iter_texts(files, text_field, max_length, min_chars, text_unit):
-            if len(text) > TRAIN_MAX_DOC:
-                counts["documents_cut"] += 1
-                text = text[:TRAIN_MAX_DOC]
-            if _LONG_RUN.search(text):
-                counts["words_split"] += len(_LONG_RUN.findall(text))
-                text = _LONG_RUN.sub(lambda m: " ".join(m.group(0)[i:i + TRAIN_MAX_WORD]
-                                                        for i in range(0, len(m.group(0)), TRAIN_MAX_WORD)), text)
-            bar.update(1)
-            yield text
+        for path in expand_inputs(files):
+            for text, reason, _, _ in iter_records(path, 0, text_field, max_length, min_chars, text_unit):
+                counts["read"] += 1
+                if text is None:
+                    counts["rejected"][reason] = counts["rejected"].get(reason, 0) + 1
+                    continue
+                if len(text) > TRAIN_MAX_DOC:
+                    counts["documents_cut"] += 1
+                    text = text[:TRAIN_MAX_DOC]
+                text, n = _LONG_RUN.subn(_bound_run, text)
+                counts["words_cut"] += n
+                counts["documents"] += 1
+                counts["characters"] += len(text)
+                bar.update(1)
+                yield text
+    # Reading is done; the merges are computed next, without output of their own when not on a terminal.
+    print(f"tokenizer: read {counts['documents']:,} documents ({counts['characters']:,} characters); "
+          "training BPE merges...", file=sys.stderr, flush=True)
 
 
 def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
@@ -187,12 +204,15 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
-    counts = {"documents_cut": 0, "words_split": 0}
+    counts = {"read": 0, "rejected": {}, "documents": 0, "characters": 0, "documents_cut": 0, "words_cut": 0}
     texts = training_texts(files, text_field, max_length, counts, min_chars, text_unit)
     backend.train_from_iterator(texts, trainer=trainer)
-    if any(counts.values()):
+    if not counts["documents"]:  # a tokenizer of bytes alone would be of no use: say why instead
+        raise nothing_usable(expand_inputs(files), counts["read"], counts["rejected"], text_field)
+    if counts["documents_cut"] or counts["words_cut"]:
         say(f"tokenizer: for training only, cut {counts['documents_cut']} document(s) to {TRAIN_MAX_DOC:,} characters "
-            f"and split {counts['words_split']} run(s) of over {TRAIN_MAX_WORD} characters without a space")
+            f"and split or shortened {counts['words_cut']} run(s) of over {TRAIN_MAX_WORD} characters of non-space "
+            "or of whitespace")
     tok = Tokenizer(backend)
     tok.save(out_path)
     return tok

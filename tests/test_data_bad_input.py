@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from data.packer import DataProcessor
-from data.tokenizer import train_tokenizer
+from data.token_bin import TokenBin
+from data.tokenizer import load_tokenizer, train_tokenizer
 from tests.train_harness import ROOT, write_corpus
 from utils import OutputError
 
@@ -25,19 +26,36 @@ def one_line_error(proc, fragment):
     assert len(errors) == 1 and errors[0].startswith("error: ") and fragment in errors[0], proc.stderr
 
 
+def stored_documents(out_dir):
+    """The documents of train.bin and val.bin, decoded (documents end with eos)."""
+    tok = load_tokenizer(str(out_dir / "tokenizer.json"))
+    docs = []
+    for name in ("train.bin", "val.bin"):
+        ids = TokenBin(str(out_dir / name)).tokens.tolist()
+        start = 0
+        for i, t in enumerate(ids):
+            if t == tok.eos_id:
+                docs.append(tok.decode(ids[start:i]))
+                start = i + 1
+    return docs
+
+
 def test_a_document_of_one_huge_word_does_not_stall_tokenizer_training(tmp_path):
     corpus = tmp_path / "c.jsonl"
     write_corpus(corpus, n_docs=100)
     blob = "QmFzZTY0" * 400_000  # a 3.2 MB base64-like word: minutes of BPE training if seen whole
+    spaces = "a" + " " * 300_000 + "b"  # one word of whitespace, as slow to train on
     with open(corpus, "a") as f:
-        f.write(json.dumps({"text": "see " + blob}) + "\n")
+        f.write(json.dumps({"text": "see " + blob}) + "\n" + json.dumps({"text": spaces}) + "\n")
     proc = processor(corpus, "--out_dir", tmp_path / "o", "--vocab_size", "400", timeout=120)  # a hang guard
     assert proc.returncode == 0, proc.stderr
-    assert "cut 1 document(s)" in proc.stdout and "split" in proc.stdout
-    assert "tokenizer: reading" in proc.stderr  # long work shows progress
-    # --max_length applies to tokenizer training too: the huge document is not read at all.
+    assert "cut 2 document(s)" in proc.stdout and "shortened 2 run(s)" in proc.stdout, proc.stdout
+    assert "tokenizer: reading" in proc.stderr and "training BPE merges" in proc.stderr  # long work shows progress
+    texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
+    assert sorted(stored_documents(tmp_path / "o")) == sorted(texts)  # the processor keeps every word whole
+    # --max_length applies to tokenizer training too: the huge documents are not read at all.
     proc = processor(corpus, "--out_dir", tmp_path / "m", "--vocab_size", "400", "--max_length", "100000")
-    assert proc.returncode == 0 and "cut 1 document" not in proc.stdout, proc.stdout
+    assert proc.returncode == 0 and "document(s) to" not in proc.stdout, proc.stdout
 
 
 def test_a_cut_off_tokenizer_recipe_retrains_instead_of_failing(tmp_path):
@@ -60,6 +78,14 @@ def test_every_line_rejected_is_an_error_with_the_summary(tmp_path):
     assert tok.vocab_size == 300
 
 
+def test_every_line_rejected_fails_before_training_a_tokenizer(tmp_path):
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"content": "text under another field"}\n{"text": "   "}\n')
+    proc = processor(corpus, "--out_dir", tmp_path / "o")
+    one_line_error(proc, 'all 2 lines were rejected {"empty_text": 1, "missing_field": 1}')
+    assert not (tmp_path / "o" / "tokenizer.json").exists()  # no tokenizer of bytes alone left behind
+
+
 def _ok_corpus(tmp_path):
     path = tmp_path / "ok.jsonl"
     write_corpus(path, n_docs=40)
@@ -72,25 +98,38 @@ def test_unwritable_output_directory_is_one_line(tmp_path):
     one_line_error(processor(_ok_corpus(tmp_path), "--out_dir", blocker / "o"), "is not writable")
 
 
-def test_full_disk_is_one_line_and_a_rerun_resumes_to_the_same_output(tmp_path, monkeypatch):
+def test_unreadable_input_file_is_one_line(tmp_path):
+    corpus = _ok_corpus(tmp_path)
+    corpus.chmod(0)
+    if os.access(corpus, os.R_OK):
+        pytest.skip("running as root: a mode-0 file is still readable")
+    one_line_error(processor(corpus, "--out_dir", tmp_path / "o"), "cannot read input file")
+
+
+@pytest.mark.parametrize("step", ["_write_chunk", "_commit"])
+def test_full_disk_is_one_line_and_a_rerun_resumes_to_the_same_output(tmp_path, monkeypatch, step):
     corpus = _ok_corpus(tmp_path)
     train_tokenizer([str(corpus)], str(tmp_path / "tok.json"), vocab_size=300, say=lambda *_: None)
     whole = DataProcessor(str(tmp_path / "tok.json"), chunk_size=8, show_progress=False)
     whole.process_dataset(str(corpus), str(tmp_path / "whole" / "train.bin"))
     calls = {"n": 0}
-    real = DataProcessor._store
+    real = getattr(DataProcessor, step)
 
     def full_after_two(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(self, *args, **kwargs)
-    monkeypatch.setattr(DataProcessor, "_store", full_after_two)
+    monkeypatch.setattr(DataProcessor, step, full_after_two)
     cut = DataProcessor(str(tmp_path / "tok.json"), chunk_size=8, show_progress=False)
     with pytest.raises(OutputError) as e:
         cut.process_dataset(str(corpus), str(tmp_path / "cut" / "train.bin"))
-    assert "no space left" in str(e.value) and "MB free" in str(e.value) and "\n" not in str(e.value)
-    monkeypatch.setattr(DataProcessor, "_store", real)
+    message = str(e.value)
+    assert "no space left" in message and "MB free" in message and str(tmp_path / "cut") in message
+    assert "committed so far is kept" in message and "\n" not in message
+    progress = json.loads((tmp_path / "cut" / "train.bin.progress.json").read_text())
+    assert progress["stats"]["documents_kept"] == 16  # two chunks of 8 were committed before the disk filled
+    monkeypatch.setattr(DataProcessor, step, real)
     DataProcessor(str(tmp_path / "tok.json"), chunk_size=8, show_progress=False).process_dataset(
         str(corpus), str(tmp_path / "cut" / "train.bin"))
     for name in ("train.bin", "val.bin"):
