@@ -63,14 +63,16 @@ class _RotaryHeads(torch.autograd.Function):
 
 
 class Attention(nn.Module):
-    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True):
-        """bias: biases on the q/k/v and output projections. rotary: q and k are rotated by the
+    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True, qkv_bias=None):
+        """bias: a bias on the output projection, and on q/k/v too unless qkv_bias says otherwise
+        (Qwen2 has q/k/v biases and none on the output). rotary: q and k are rotated by the
         (cos, sin) tables forward receives; without it they are used as projected."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         # q, k and v projections as one matrix (rows: q heads, then k heads, then v heads): one
         # matmul instead of three, which matters most when decoding one token at a time.
-        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim, bias=bias)
+        self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim,
+                              bias=bias if qkv_bias is None else qkv_bias)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
         # How the fused projection becomes heads (with autograd, without), chosen once here so that
         # forward does not test the choice again.

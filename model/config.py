@@ -2,6 +2,7 @@
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
+from model.blocks import RESIDUALS
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS
 from utils import UserError
 
@@ -10,6 +11,22 @@ OBJECTIVES = ("clm", "mlm")
 
 class ConfigError(UserError, ValueError):
     """A configuration that cannot work; the message is one line naming the key."""
+
+
+# What `model.arch` selects: the values of every family-chosen key the config leaves unset. The
+# Llama entry is the default, fast block; the others express their transformers families exactly
+# (model/hf/ maps their weights). qwen2: Llama with q/k/v biases; gpt2: pre-norm LayerNorm, learned
+# positions, tanh-GELU MLP, biases everywhere; bert: post-norm, learned positions, token types, a
+# LayerNorm over the embeddings, exact-GELU MLP, biases everywhere, masked-LM objective.
+_LLAMA = dict(objective="clm", norm="rmsnorm", positions="rope", feed_forward="swiglu", bias=False,
+              residual="pre", token_types=0, embedding_norm=False, norm_eps=1e-5, rope_theta=10000.0)
+FAMILY_DEFAULTS = {
+    "llama": _LLAMA,
+    "qwen2": {**_LLAMA, "qkv_bias": True, "norm_eps": 1e-6, "rope_theta": 1000000.0},
+    "gpt2": {**_LLAMA, "norm": "layernorm", "positions": "learned", "feed_forward": "gelu_tanh", "bias": True},
+    "bert": {**_LLAMA, "objective": "mlm", "norm": "layernorm", "positions": "learned", "feed_forward": "gelu",
+             "bias": True, "residual": "post", "token_types": 2, "embedding_norm": True, "norm_eps": 1e-12},
+}
 
 
 @dataclass
@@ -23,28 +40,47 @@ class LMConfig:
     multiple_of: int = 32
     max_seq_len: int = 256
     dropout: float = 0.0
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
+    norm_eps: Optional[float] = None      # None -> the family's (1e-5 for llama)
+    rope_theta: Optional[float] = None    # None -> the family's (10000 for llama)
     tie_embeddings: bool = True
-    objective: str = "clm"                # clm: causal next-token LM; mlm: bidirectional masked LM
+    objective: Optional[str] = None       # clm: causal next-token LM; mlm: bidirectional masked LM (None: the family's)
     init_std: float = 0.02
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
     pad_token_id: int = 0
-    # Block pieces, each a name in its registry (model/layers.py); the defaults are the Llama block.
-    norm: str = "rmsnorm"                 # rmsnorm | layernorm (weight and bias)
-    positions: str = "rope"               # rope | none (no position encoding)
-    feed_forward: str = "swiglu"          # swiglu | gelu (Linear -> GELU -> Linear)
-    bias: bool = False                    # biases in the attention projections and the feed-forward
+    # The family and its block pieces. arch names a family in FAMILY_DEFAULTS; every key below (and
+    # objective, norm_eps, rope_theta) left unset (None) takes that family's value, one set wins.
+    # Piece names are looked up in their registries (model/layers.py, model/blocks.py).
+    arch: str = "llama"                   # llama | qwen2 | gpt2 | bert
+    norm: Optional[str] = None            # rmsnorm | layernorm (weight and bias)
+    positions: Optional[str] = None       # rope | none | learned (a table added at the input)
+    feed_forward: Optional[str] = None    # swiglu | gelu (Linear -> GELU -> Linear) | gelu_tanh (GPT-2's GELU)
+    bias: Optional[bool] = None           # biases in the attention output projection and the feed-forward
+    qkv_bias: Optional[bool] = None       # biases in the q/k/v projections; None -> the same as bias
+    residual: Optional[str] = None        # pre (norm inside each residual branch, final norm) | post (BERT)
+    token_types: Optional[int] = None     # rows of a token-type (segment) embedding added at the input; 0: none
+    embedding_norm: Optional[bool] = None  # a norm over the summed input embeddings (BERT)
 
     def __post_init__(self):
+        if not isinstance(self.arch, str) or self.arch not in FAMILY_DEFAULTS:
+            raise ConfigError(f"model.arch must be one of {', '.join(FAMILY_DEFAULTS)}, got {self.arch!r}")
+        for key, value in FAMILY_DEFAULTS[self.arch].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
+        if self.qkv_bias is None:
+            self.qkv_bias = self.bias
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        for key, registry in (("norm", NORMS), ("positions", POSITIONS), ("feed_forward", FEED_FORWARDS)):
+        for key, registry in (("norm", NORMS), ("positions", POSITIONS), ("feed_forward", FEED_FORWARDS),
+                              ("residual", RESIDUALS)):
             value = getattr(self, key)
             if not isinstance(value, str) or value not in registry:
                 raise ConfigError(f"model.{key} must be one of {', '.join(registry)}, got {value!r}")
-        if not isinstance(self.bias, bool):
-            raise ConfigError(f"model.bias must be true or false, got {self.bias!r}")
+        for key in ("bias", "qkv_bias", "embedding_norm"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.token_types, int) or isinstance(self.token_types, bool) or self.token_types < 0:
+            raise ConfigError(f"model.token_types must be an integer >= 0 (0: no token-type embedding), "
+                              f"got {self.token_types!r}")
         for key in ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "multiple_of", "max_seq_len"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -68,9 +68,11 @@ class RotaryEmbedding(nn.Module):
     channel i + head_dim/2), the layout Llama checkpoints use.
 
     A positions piece gives the model tables(positions, dtype, checked), handed to every
-    attention layer as (cos, sin), and says with `rotary` whether attention rotates q and k."""
+    attention layer as (cos, sin), says with `rotary` whether attention rotates q and k, and with
+    `additive` whether the model adds the piece's own embedding of the positions to its input."""
 
     rotary = True
+    additive = False
 
     @classmethod
     def from_config(cls, cfg) -> "RotaryEmbedding":
@@ -106,6 +108,7 @@ class NoPositions(nn.Module):
     causal mask). Positions are still bounded by max_seq_len, as with every positions piece."""
 
     rotary = False
+    additive = False
 
     def __init__(self, max_seq_len: int):
         super().__init__()
@@ -121,7 +124,30 @@ class NoPositions(nn.Module):
         return None, None
 
 
-POSITIONS = {"rope": RotaryEmbedding, "none": NoPositions}
+class LearnedPositions(nn.Embedding):
+    """Learned absolute positions (BERT, GPT-2): a [max_seq_len, dim] table whose row for each
+    token's position is added to its embedding at the input (`additive`); attention then sees q
+    and k as projected. Its state-dict key is positions.weight. Positions come from the model, so
+    left-padded batches and KV-cache steps index the table exactly as rope indexes its tables."""
+
+    rotary = False
+    additive = True
+
+    def __init__(self, max_seq_len: int, dim: int):
+        super().__init__(max_seq_len, dim)
+        self.max_seq_len = max_seq_len
+
+    @classmethod
+    def from_config(cls, cfg) -> "LearnedPositions":
+        return cls(cfg.max_seq_len, cfg.dim)
+
+    def tables(self, positions: torch.Tensor, dtype=None, checked: bool = False):
+        if not checked and int(positions.max()) >= self.max_seq_len:
+            raise ValueError(f"position {int(positions.max())} is beyond max_seq_len {self.max_seq_len}")
+        return None, None
+
+
+POSITIONS = {"rope": RotaryEmbedding, "none": NoPositions, "learned": LearnedPositions}
 
 
 def rotate_into(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor,
@@ -196,8 +222,7 @@ class SwiGLU(nn.Module):
 
 
 class GeluMLP(nn.Module):
-    """w_down(gelu(w_up(x))): two matrices, exact (erf) GELU: BERT's MLP. (GPT-2 uses the tanh
-    approximation of GELU: another piece when its family comes.)"""
+    """w_down(gelu(w_up(x))): two matrices, exact (erf) GELU: BERT's MLP."""
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, bias: bool = False):
         super().__init__()
@@ -218,4 +243,11 @@ class GeluMLP(nn.Module):
         return self.dropout(self.w_down(F.gelu(self.w_up(x))))
 
 
-FEED_FORWARDS = {"swiglu": SwiGLU, "gelu": GeluMLP}
+class GeluTanhMLP(GeluMLP):
+    """GeluMLP with the tanh approximation of GELU (transformers' "gelu_new"): GPT-2's MLP."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w_down(F.gelu(self.w_up(x), approximate="tanh")))
+
+
+FEED_FORWARDS = {"swiglu": SwiGLU, "gelu": GeluMLP, "gelu_tanh": GeluTanhMLP}

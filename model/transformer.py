@@ -2,7 +2,10 @@
 
 clm: causal attention, next-token head, KV cache for generation.
 mlm: bidirectional attention, masked-LM head (transform, GELU, norm, tied decoder with bias) whose
-vocabulary logits are computed only where a label exists."""
+vocabulary logits are computed only where a label exists.
+
+Every piece (norm, positions, feed-forward, attention biases, residual order, input embeddings) is
+chosen by the config when the model is built; forward runs the pieces it was built with."""
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -12,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from model.attention import Attention, KVCache
+from model.attention import KVCache
+from model.blocks import RESIDUALS, Block  # noqa: F401  (Block: the default, pre-norm block)
 from model.config import LMConfig
-from model.layers import FEED_FORWARDS, NORMS, POSITIONS
+from model.layers import NORMS, POSITIONS
 from model.losses import IGNORE_INDEX, chunked_cross_entropy_sum
 
 
@@ -24,25 +28,6 @@ class ModelOutput:
     loss: Optional[torch.Tensor] = None       # mean over labelled positions
     loss_sum: Optional[torch.Tensor] = None   # sum over labelled positions
     n_targets: Optional[torch.Tensor] = None  # how many positions carried a label
-
-
-class Block(nn.Module):
-    """Pre-norm block: x + attention(norm(x)), then x + feed_forward(norm(x)). The norm and
-    feed-forward come from their registries by the config's names; so does the positions piece,
-    whose `rotary` tells attention whether to rotate q and k."""
-
-    def __init__(self, cfg: LMConfig):
-        super().__init__()
-        norm = NORMS[cfg.norm]
-        self.attention_norm = norm.from_config(cfg)
-        self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, bias=cfg.bias,
-                                   rotary=POSITIONS[cfg.positions].rotary)
-        self.ffn_norm = norm.from_config(cfg)
-        self.feed_forward = FEED_FORWARDS[cfg.feed_forward].from_config(cfg)
-
-    def forward(self, x, cos, sin, mask=None, is_causal=False, cache=None, layer=0):
-        x = x + self.attention(self.attention_norm(x), cos, sin, mask, is_causal, cache, layer)
-        return x + self.feed_forward(self.ffn_norm(x))
 
 
 class MLMHead(nn.Module):
@@ -63,10 +48,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
+        # Input pieces beside the token embedding (BERT, GPT-2); absent from the default model.
+        self.token_type_embeddings = nn.Embedding(config.token_types, config.dim) if config.token_types else None
+        self.embedding_norm = NORMS[config.norm].from_config(config) if config.embedding_norm else None
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        self.layers = nn.ModuleList(Block(config) for _ in range(config.n_layers))
-        self.norm = NORMS[config.norm].from_config(config)
-        self.positions = POSITIONS[config.positions].from_config(config)  # no parameters, no state-dict keys
+        block = RESIDUALS[config.residual]
+        self.layers = nn.ModuleList(block(config) for _ in range(config.n_layers))
+        self.norm = NORMS[config.norm].from_config(config) if block.final_norm else nn.Identity()
+        # rope / none: no parameters, no state-dict keys; learned: positions.weight, added at the input.
+        self.positions = POSITIONS[config.positions].from_config(config)
+        self._input_pieces = bool(self.positions.additive or config.token_types or config.embedding_norm)
         if config.causal:
             self.output = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
             self.mlm_head = None
@@ -115,7 +106,21 @@ class Transformer(nn.Module):
         mask = mask | (key_index[None, :] == query_index[:, None])[None, None]
         return positions, mask
 
-    def hidden_states(self, input_ids, attention_mask=None, cache=None):
+    def _add_input_pieces(self, x, positions, token_type_ids):
+        """Token embeddings plus token types (type 0 where none are given) plus learned positions,
+        then the embedding norm: BERT's and GPT-2's input."""
+        if self.token_type_embeddings is not None:
+            x = x + (self.token_type_embeddings.weight[0] if token_type_ids is None
+                     else self.token_type_embeddings(token_type_ids))
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this model has no token-type embedding (model.token_types 0)")
+        if self.positions.additive:
+            x = x + self.positions(positions)
+        return x if self.embedding_norm is None else self.embedding_norm(x)
+
+    def hidden_states(self, input_ids, attention_mask=None, cache=None, token_type_ids=None):
+        """The last block's output, after the final norm (pre-norm) or as is (post-norm): BERT's
+        last_hidden_state. token_type_ids: [B, T] segment ids for a model with token types."""
         if cache is not None:
             if not self.config.causal:
                 raise ValueError("a KV cache is for causal generation; this model is a masked LM")
@@ -124,7 +129,12 @@ class Transformer(nn.Module):
         # With a cache, check_room already bounded every position by max_seq_len.
         cos, sin = self.positions.tables(positions, dtype=self.tok_embeddings.weight.dtype, checked=cache is not None)
         is_causal = self.config.causal and mask is None and (cache is None or cache.length == 0)
-        x = self.dropout(self.tok_embeddings(input_ids))
+        x = self.tok_embeddings(input_ids)
+        if self._input_pieces:
+            x = self._add_input_pieces(x, positions, token_type_ids)
+        elif token_type_ids is not None:
+            raise ValueError("token_type_ids given, but this model has no token-type embedding (model.token_types 0)")
+        x = self.dropout(x)
         for i, layer in enumerate(self.layers):
             if self.config.gradient_checkpointing and self.training and cache is None:
                 x = checkpoint(layer, x, cos, sin, mask, is_causal, use_reentrant=False)
@@ -134,8 +144,9 @@ class Transformer(nn.Module):
             cache.length += input_ids.shape[1]
         return self.norm(x)
 
-    def forward(self, input_ids, labels=None, attention_mask=None, cache=None, return_logits=True) -> ModelOutput:
-        h = self.hidden_states(input_ids, attention_mask, cache)
+    def forward(self, input_ids, labels=None, attention_mask=None, cache=None, return_logits=True,
+                token_type_ids=None) -> ModelOutput:
+        h = self.hidden_states(input_ids, attention_mask, cache, token_type_ids)
         if not self.config.causal:
             return self._mlm_output(h, labels, return_logits)
         if labels is None:
@@ -171,8 +182,13 @@ class Transformer(nn.Module):
                        device=device or ref.device, dtype=dtype or ref.dtype)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Parameters; exclude_embeddings leaves out the lookup tables (token, learned position and
+        token-type embeddings), which cost no matmul FLOPs."""
         n = sum(p.numel() for p in self.parameters())  # parameters() yields tied weights once
-        return n - self.tok_embeddings.weight.numel() if exclude_embeddings else n
+        if not exclude_embeddings:
+            return n
+        tables = {id(m.weight): m.weight.numel() for m in self.modules() if isinstance(m, nn.Embedding)}
+        return n - sum(tables.values())
 
     def flops_per_token(self, head_fraction: float = 1.0) -> float:
         """Training FLOPs per token: 6 x (matmul weights, output projection included) plus the

@@ -256,10 +256,16 @@ def test_cached_greedy_generation_equals_full_forward_argmax(pieces):
 
 @pytest.mark.parametrize("kw, fragment", [
     (dict(norm="batchnorm"), "model.norm must be one of rmsnorm, layernorm, got 'batchnorm'"),
-    (dict(positions="alibi"), "model.positions must be one of rope, none, got 'alibi'"),
-    (dict(feed_forward="relu"), "model.feed_forward must be one of swiglu, gelu, got 'relu'"),
-    (dict(feed_forward=["gelu"]), "model.feed_forward must be one of swiglu, gelu"),
+    (dict(positions="alibi"), "model.positions must be one of rope, none, learned, got 'alibi'"),
+    (dict(feed_forward="relu"), "model.feed_forward must be one of swiglu, gelu, gelu_tanh, got 'relu'"),
+    (dict(feed_forward=["gelu"]), "model.feed_forward must be one of swiglu, gelu, gelu_tanh"),
     (dict(bias="yes"), "model.bias must be true or false, got 'yes'"),
+    (dict(qkv_bias=1), "model.qkv_bias must be true or false, got 1"),
+    (dict(embedding_norm="no"), "model.embedding_norm must be true or false, got 'no'"),
+    (dict(residual="sandwich"), "model.residual must be one of pre, post, got 'sandwich'"),
+    (dict(token_types=-1), "model.token_types must be an integer >= 0"),
+    (dict(token_types=True), "model.token_types must be an integer >= 0"),
+    (dict(arch="t5"), "model.arch must be one of llama, qwen2, gpt2, bert, got 't5'"),
 ])
 def test_bad_piece_names_are_refused(kw, fragment):
     for build in (lambda: LMConfig(**kw), lambda: LMConfig.from_dict({**SMALL, **kw})):
