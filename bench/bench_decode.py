@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from model.generation import GenerationConfig, generate_tokens  # noqa: E402
 from model.int8 import int8_available, quantize_int8  # noqa: E402
-from model.llama_mapping import llama_config_kwargs, to_llama_state_dict  # noqa: E402
+from model.hf.llama import LLAMA  # noqa: E402
 
 CFG = LMConfig(vocab_size=8192, dim=384, n_layers=6, n_heads=6, max_seq_len=320)
 PROMPT, NEW = 32, 256
@@ -49,8 +49,8 @@ def main():
     theirs = None
     try:
         import transformers
-        theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_config_kwargs(CFG))).eval()
-        theirs.load_state_dict(to_llama_state_dict(ours.state_dict(), CFG))
+        theirs = transformers.LlamaForCausalLM(transformers.LlamaConfig.from_dict(LLAMA.config_to_hf(CFG))).eval()
+        theirs.load_state_dict(LLAMA.state_to_hf(ours.state_dict(), CFG))
     except ImportError:
         pass
     quantized = quantize_int8(copy.deepcopy(ours)) if int8_available() else None

@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
-from model.llama_mapping import llama_config_kwargs  # noqa: E402
+from model.hf.llama import LLAMA  # noqa: E402
 
 VOCAB, DIM, LAYERS, HEADS, SEQ, BATCH = 8192, 256, 4, 4, 128, 32
 
@@ -66,7 +66,7 @@ def theirs(objective):
         return None
     if objective == "clm":
         cfg = LMConfig(vocab_size=VOCAB, dim=DIM, n_layers=LAYERS, n_heads=HEADS, max_seq_len=SEQ)
-        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**llama_config_kwargs(cfg), attn_implementation="sdpa"))
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig.from_dict(LLAMA.config_to_hf(cfg), attn_implementation="sdpa"))
     cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=DIM, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
                                   intermediate_size=4 * DIM, max_position_embeddings=SEQ, attn_implementation="sdpa")
     return transformers.BertForMaskedLM(cfg)

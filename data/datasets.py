@@ -2,14 +2,25 @@
 import numpy as np
 import torch
 
+from data.documents import draw_prefix, suffix_labels
 from data.token_bin import TokenBin  # noqa: F401  (re-exported: the datasets' input type)
 
 
-class CausalWindows:
-    """Non-overlapping windows of seq_len + 1 tokens: x = window[:-1], y = window[1:]."""
+class _Windows:
+    """What every kind of window shares: window i's inputs start at token i * seq_len."""
+    seq_len, documents = 0, None
 
-    def __init__(self, token_bin, seq_len: int):
-        self.tokens, self.seq_len = token_bin.tokens, seq_len
+    def document_ids(self, i: int) -> torch.Tensor:
+        """Per-token document numbers of window i's inputs (needs the DocumentIndex `documents`)."""
+        return self.documents.ids(i * self.seq_len, self.seq_len)
+
+
+class CausalWindows(_Windows):
+    """Non-overlapping windows of seq_len + 1 tokens: x = window[:-1], y = window[1:].
+    documents: a data.documents.DocumentIndex when samples carry document_ids (model.document_mask)."""
+
+    def __init__(self, token_bin, seq_len: int, documents=None):
+        self.tokens, self.seq_len, self.documents = token_bin.tokens, seq_len, documents
         self.n = max(0, (len(self.tokens) - 1) // seq_len)
 
     def __len__(self) -> int:
@@ -21,11 +32,24 @@ class CausalWindows:
         return window[:-1], window[1:]
 
 
-class MaskedWindows:
+class PrefixWindows(CausalWindows):
+    """Causal windows for a prefix LM: each sample draws where its prefix ends from the generator
+    (so a sample is a pure function of its position); with a document index each document piece in
+    the window gets a prefix of its own. Labels inside the prefix are -100."""
+
+    def sample(self, i: int, generator: torch.Generator):
+        """(x, y, in_prefix): in_prefix [seq_len] bool marks the bidirectional prefix of x."""
+        x, y = self[i]
+        documents = self.document_ids(i) if self.documents is not None else torch.zeros(self.seq_len, dtype=torch.long)
+        in_prefix = draw_prefix(documents, generator)
+        return x, suffix_labels(y, in_prefix), in_prefix
+
+
+class MaskedWindows(_Windows):
     """Windows of seq_len tokens, masked afresh every time a sample is drawn."""
 
-    def __init__(self, token_bin, seq_len: int, masker):
-        self.tokens, self.seq_len, self.masker = token_bin.tokens, seq_len, masker
+    def __init__(self, token_bin, seq_len: int, masker, documents=None):
+        self.tokens, self.seq_len, self.masker, self.documents = token_bin.tokens, seq_len, masker, documents
         self.n = len(self.tokens) // seq_len
 
     def __len__(self) -> int:

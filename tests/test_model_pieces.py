@@ -12,7 +12,7 @@ from model import ConfigError, LMConfig, Transformer
 from model.attention import Attention
 from model.generation import GenerationConfig, generate_tokens
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS, GeluMLP, NoPositions, SwiGLU
-from model.llama_mapping import from_llama_state_dict, llama_config_kwargs, to_llama_state_dict
+from model.hf.llama import LLAMA
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
 OTHER = dict(norm="layernorm", positions="none", feed_forward="gelu", bias=True)  # every piece non-default
@@ -284,8 +284,8 @@ def test_config_with_pieces_round_trips():
 def test_llama_mapping_refuses_other_pieces(key, value):
     cfg = LMConfig(**SMALL, **{key: value})
     state = Transformer(cfg).state_dict()
-    for call in (lambda: to_llama_state_dict(state, cfg), lambda: from_llama_state_dict({}, cfg),
-                 lambda: llama_config_kwargs(cfg)):
+    for call in (lambda: LLAMA.state_to_hf(state, cfg), lambda: LLAMA.state_from_hf({}, cfg),
+                 lambda: LLAMA.config_to_hf(cfg)):
         with pytest.raises(ValueError) as e:
             call()
         assert f"model.{key}={value!r}" in str(e.value) and "Llama" in str(e.value) and "\n" not in str(e.value)

@@ -141,10 +141,11 @@ class Trainer:
         seq_len, objective = self.model_config.max_seq_len, self.model_config.objective
         masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
-        self.train_windows = make_windows(train_bin, seq_len, objective, masker)
+        documents = self.model_config.document_mask
+        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents)
         # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
         no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
-        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker)
+        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents)
         for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
             if windows is not None and len(windows) == 0:
                 raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
@@ -299,13 +300,13 @@ class Trainer:
                                              t.accumulation_steps, info.rank, info.world_size)]
         # Normalise by the global number of targets, so any split into micro-batches and ranks
         # gives the same gradient (masked LM batches hold different numbers of targets).
-        global_targets = self._global_targets(sum(n for _, _, n in batches))
+        global_targets = self._global_targets(sum(b.n_targets for b in batches))
         scale = info.world_size / global_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        for i, (x, y, _) in enumerate(batches):
+        for i, b in enumerate(batches):
             with self.parallel.no_sync(last_micro_step=i == len(batches) - 1):
                 with self.autocast():
-                    out = self.model(x, labels=y, return_logits=False)
+                    out = self.model(b.inputs, labels=b.labels, return_logits=False, **b.fields)
                 self.scaler.scale(out.loss_sum.float() * scale).backward()
             loss_sum += out.loss_sum.detach()
         loss = all_reduce_(loss_sum, info) / global_targets
