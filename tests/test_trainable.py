@@ -55,3 +55,22 @@ def test_name_patterns_freeze_the_rest(tiny_corpus, run_root):
     before, after = weights(start), weights(run_root / "out" / "top" / "checkpoint_step_3.pth")
     for name in before:
         assert torch.equal(before[name], after[name]) != name.startswith("layers.1."), name
+
+
+def test_new_embeddings_combine_with_patterns_and_refuse_all():
+    import pytest
+
+    from model import ConfigError, LMConfig, Transformer
+    from training.freeze import Freezer
+    model = Transformer(LMConfig(vocab_size=128, dim=32, n_layers=1, n_heads=2, objective="mlm"))
+    freezer = Freezer(model, "new_embeddings, mlm_head.*", new_rows=(100, 110))
+    trains = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trains == {"tok_embeddings.weight", "mlm_head.bias"} | {n for n in trains if n.startswith("mlm_head.")}
+    assert any(n.startswith("mlm_head.") and n != "mlm_head.bias" for n in trains)
+    assert set(freezer.rows) == {"tok_embeddings.weight", "mlm_head.bias"}  # old rows frozen even under mlm_head.*
+    head = sum(p.numel() for n, p in model.named_parameters() if n.startswith("mlm_head.") and n != "mlm_head.bias")
+    assert freezer.n_trainable == 10 * 32 + 10 + head
+    with pytest.raises(ConfigError, match="choose one"):
+        Freezer(model, "all,new_embeddings", new_rows=(100, 110))
+    with pytest.raises(ConfigError, match="no parameter matches nothing.*"):
+        Freezer(model, "embeddings,nothing.*")

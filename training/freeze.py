@@ -3,7 +3,8 @@
     all             every parameter (default)
     embeddings      the token embedding (and an untied output layer / MLM decoder bias)
     new_embeddings  only the vocabulary rows added by `convert.py expand_vocab`
-    a,b*,...        parameters whose names match any of these glob patterns
+    a,b*,...        parameters whose names match any of these glob patterns; the words above
+                    combine with patterns (new_embeddings,mlm_head.*: the new rows and the MLM head)
 
 Whole parameters are frozen with requires_grad=False (the optimizer never sees them). For
 new_embeddings the old rows of each vocabulary-sized tensor are frozen inside a trained tensor:
@@ -23,23 +24,26 @@ class Freezer:
         """new_rows: (first, end) ids of the rows expansion added; needed by new_embeddings."""
         self.rows = {}  # name -> (parameter, saved copy, first, end): rows outside [first, end) are frozen
         names = dict(model.named_parameters())
-        if trainable == "all":
-            chosen = set(names)
-        elif trainable in ("embeddings", "new_embeddings"):
-            chosen = {n for n in VOCAB_PARAMS if n in names}
-        else:
-            patterns = [p.strip() for p in trainable.split(",") if p.strip()]
-            chosen = {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
-            unmatched = [p for p in patterns if not any(fnmatch.fnmatch(n, p) for n in names)]
-            if unmatched:
-                raise ConfigError(f"train.trainable: no parameter matches {', '.join(unmatched)} (names look like "
-                                  f"{', '.join(list(names)[:3])}, ...)")
-        if trainable == "new_embeddings":
+        items = [p.strip() for p in trainable.split(",") if p.strip()]
+        row_mode = "new_embeddings" in items
+        chosen = set(names) if "all" in items else set()
+        if row_mode or "embeddings" in items:
+            chosen |= {n for n in VOCAB_PARAMS if n in names}
+        patterns = [p for p in items if p not in ("all", "embeddings", "new_embeddings")]
+        unmatched = [p for p in patterns if not any(fnmatch.fnmatch(n, p) for n in names)]
+        if unmatched:
+            raise ConfigError(f"train.trainable: no parameter matches {', '.join(unmatched)} (names look like "
+                              f"{', '.join(list(names)[:3])}, ...)")
+        chosen |= {n for n in names if any(fnmatch.fnmatch(n, p) for p in patterns)}
+        if row_mode:
+            if "all" in items or "embeddings" in items:
+                raise ConfigError(f"train.trainable {trainable!r}: new_embeddings freezes the old rows that "
+                                  "all/embeddings would train; choose one")
             if new_rows is None:
                 raise ConfigError("train.trainable new_embeddings needs a model whose vocabulary was expanded with "
                                   "`python convert.py expand_vocab` (start the run with --init_from its output)")
             first, end = new_rows
-            for n in chosen:
+            for n in (n for n in VOCAB_PARAMS if n in names):  # their old rows stay frozen, whatever else trains
                 p = names[n]
                 self.rows[n] = (p, p.detach().clone(), first, end)
                 mask = torch.zeros(p.shape[0], *([1] * (p.dim() - 1)), dtype=p.dtype, device=p.device)
