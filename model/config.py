@@ -6,7 +6,7 @@ from model.blocks import RESIDUALS
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS
 from utils import UserError
 
-OBJECTIVES = ("clm", "mlm")
+OBJECTIVES = ("clm", "mlm", "plm")
 
 
 class ConfigError(UserError, ValueError):
@@ -43,10 +43,12 @@ class LMConfig:
     norm_eps: Optional[float] = None      # None -> the family's (1e-5 for llama)
     rope_theta: Optional[float] = None    # None -> the family's (10000 for llama)
     tie_embeddings: bool = True
-    objective: Optional[str] = None       # clm: causal next-token LM; mlm: bidirectional masked LM (None: the family's)
+    objective: Optional[str] = None       # clm: causal next-token LM; mlm: bidirectional masked LM; plm: prefix LM
+                                          # (a bidirectional prefix, causal after it); None: the family's
     init_std: float = 0.02
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
     pad_token_id: int = 0
+    document_mask: bool = False           # packed windows: attention stays inside each document, positions restart
     # The family and its block pieces. arch names a family in FAMILY_DEFAULTS; every key below (and
     # objective, norm_eps, rope_theta) left unset (None) takes that family's value, one set wins.
     # Piece names are looked up in their registries (model/layers.py, model/blocks.py).
@@ -75,7 +77,7 @@ class LMConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or value not in registry:
                 raise ConfigError(f"model.{key} must be one of {', '.join(registry)}, got {value!r}")
-        for key in ("bias", "qkv_bias", "embedding_norm"):
+        for key in ("bias", "qkv_bias", "embedding_norm", "document_mask"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.token_types, int) or isinstance(self.token_types, bool) or self.token_types < 0:
@@ -114,7 +116,9 @@ class LMConfig:
 
     @property
     def causal(self) -> bool:
-        return self.objective == "clm"
+        """A decoder (clm, plm): next-token head, KV cache, generation. A prefix LM is causal
+        except inside the prefix its inputs name (Transformer.forward's in_prefix)."""
+        return self.objective in ("clm", "plm")
 
     def to_dict(self) -> dict:
         return asdict(self)

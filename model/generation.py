@@ -1,5 +1,5 @@
 """Token-level generation with the KV cache: batched prompts (left padded), prefill, then one
-token per step until eos or max_new_tokens."""
+token per step until eos or max_new_tokens. A prefix LM's prompt is its bidirectional prefix."""
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -60,7 +60,9 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
     history = [list(p) for p in prompts]
     outputs = [[] for _ in prompts]
     done = [False] * batch
-    logits = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache).logits[:, -1]
+    # A prefix LM reads the whole prompt as its bidirectional prefix, then decodes causally.
+    prefix = {"in_prefix": mask[:, :width].bool()} if model.config.objective == "plm" else {}
+    logits = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache, **prefix).logits[:, -1]
     penalise = config.repetition_penalty != 1.0
     seen = seen_mask(prompts, logits.shape[-1], device) if penalise else None
     rows = torch.arange(batch, device=device)

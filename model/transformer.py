@@ -1,6 +1,7 @@
-"""One hand-written Transformer for both objectives.
+"""One hand-written Transformer for every objective.
 
 clm: causal attention, next-token head, KV cache for generation.
+plm: clm's model; forward's in_prefix makes the prefix (the prompt) attend both ways.
 mlm: bidirectional attention, masked-LM head (transform, GELU, norm, tied decoder with bias) whose
 vocabulary logits are computed only where a label exists.
 
@@ -81,8 +82,10 @@ class Transformer(nn.Module):
         return self.tok_embeddings.weight if self.output is None else self.output.weight
 
     # ---- forward -----------------------------------------------------------------------------
-    def _positions_and_mask(self, input_ids, attention_mask, cache):
+    def _positions_and_mask(self, input_ids, attention_mask, cache, document_ids=None, in_prefix=None):
         """Positions [B, T] (or [T]) and a bool attention mask [B, 1, T, S] (None: plain)."""
+        if document_ids is not None or in_prefix is not None:
+            return self._segment_positions_and_mask(input_ids, attention_mask, cache, document_ids, in_prefix)
         b, t = input_ids.shape
         past = cache.length if cache is not None else 0
         if attention_mask is None:
@@ -106,6 +109,53 @@ class Transformer(nn.Module):
         mask = mask | (key_index[None, :] == query_index[:, None])[None, None]
         return positions, mask
 
+    def _segment_positions_and_mask(self, input_ids, attention_mask, cache, document_ids, in_prefix):
+        """Packed documents and prefix-LM prefixes, as one boolean mask for SDPA (no loop per document).
+
+        document_ids [B, T]: a token attends only to tokens of its own document, and positions restart
+        at 0 where a document starts. in_prefix [B, T] bool (a causal model's prompt or prefix): prefix
+        tokens attend to each other both ways; every other token stays causal. Prefix tokens must
+        precede the rest of their document, so no token ever sees a later token outside the prefix."""
+        b, t = input_ids.shape
+        device = input_ids.device
+        if cache is not None and cache.length:
+            raise ValueError("document_ids and in_prefix describe a whole sequence: give them with the prompt "
+                             "(an empty cache), not with a decoding step")
+        if in_prefix is not None and not self.config.causal:
+            raise ValueError("in_prefix marks the bidirectional prefix of a causal or prefix LM; a masked LM "
+                             "attends both ways everywhere")
+        index = torch.arange(t, device=device)
+        same = torch.ones(b, t, t, dtype=torch.bool, device=device)
+        if self.config.causal:
+            same = same & (index[None, :] <= index[:, None])
+            if in_prefix is not None:
+                if in_prefix.shape != (b, t):
+                    raise ValueError(f"in_prefix must have shape {(b, t)}, got {tuple(in_prefix.shape)}")
+                prefix = in_prefix.to(torch.bool)
+                same = same | (prefix[:, :, None] & prefix[:, None, :])
+        if document_ids is not None:
+            if document_ids.shape != (b, t):
+                raise ValueError(f"document_ids must have shape {(b, t)}, got {tuple(document_ids.shape)}")
+            if attention_mask is not None:
+                raise ValueError("document_ids and attention_mask together are not supported: pack documents "
+                                 "without padding, or pad single documents without document_ids")
+            same = same & (document_ids[:, :, None] == document_ids[:, None, :])
+            # Where each document starts within the window: its tokens count from there.
+            starts = torch.ones(b, t, dtype=torch.bool, device=device)
+            starts[:, 1:] = document_ids[:, 1:] != document_ids[:, :-1]
+            first = torch.where(starts, index, torch.zeros_like(index)).cummax(dim=-1).values
+            positions = index - first
+        elif attention_mask is not None:
+            am = attention_mask.to(torch.bool)
+            if am.shape != (b, t):
+                raise ValueError(f"attention_mask must have shape {(b, t)}, got {tuple(am.shape)}")
+            positions = (am.long().cumsum(-1) - 1).clamp(min=0)
+            same = same & am[:, None, :]
+        else:
+            positions = index
+        same = same | torch.eye(t, dtype=torch.bool, device=device)  # padding rows never all -inf
+        return positions, same[:, None]
+
     def _add_input_pieces(self, x, positions, token_type_ids):
         """Token embeddings plus token types (type 0 where none are given) plus learned positions,
         then the embedding norm: BERT's and GPT-2's input."""
@@ -118,14 +168,17 @@ class Transformer(nn.Module):
             x = x + self.positions(positions)
         return x if self.embedding_norm is None else self.embedding_norm(x)
 
-    def hidden_states(self, input_ids, attention_mask=None, cache=None, token_type_ids=None):
+    def hidden_states(self, input_ids, attention_mask=None, cache=None, token_type_ids=None, document_ids=None,
+                      in_prefix=None):
         """The last block's output, after the final norm (pre-norm) or as is (post-norm): BERT's
-        last_hidden_state. token_type_ids: [B, T] segment ids for a model with token types."""
+        last_hidden_state. token_type_ids: [B, T] segment ids for a model with token types.
+        document_ids [B, T]: packed documents that never attend to each other, positions restarting
+        at each; in_prefix [B, T] bool: a causal model's bidirectional prefix (prefix LM)."""
         if cache is not None:
             if not self.config.causal:
                 raise ValueError("a KV cache is for causal generation; this model is a masked LM")
             cache.check_room(input_ids.shape[1])
-        positions, mask = self._positions_and_mask(input_ids, attention_mask, cache)
+        positions, mask = self._positions_and_mask(input_ids, attention_mask, cache, document_ids, in_prefix)
         # With a cache, check_room already bounded every position by max_seq_len.
         cos, sin = self.positions.tables(positions, dtype=self.tok_embeddings.weight.dtype, checked=cache is not None)
         is_causal = self.config.causal and mask is None and (cache is None or cache.length == 0)
@@ -145,8 +198,8 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(self, input_ids, labels=None, attention_mask=None, cache=None, return_logits=True,
-                token_type_ids=None) -> ModelOutput:
-        h = self.hidden_states(input_ids, attention_mask, cache, token_type_ids)
+                token_type_ids=None, document_ids=None, in_prefix=None) -> ModelOutput:
+        h = self.hidden_states(input_ids, attention_mask, cache, token_type_ids, document_ids, in_prefix)
         if not self.config.causal:
             return self._mlm_output(h, labels, return_logits)
         if labels is None:

@@ -3,10 +3,12 @@
 Which sample a position holds, and how it is masked, is a pure function of (seed, position), so
 a resumed run, or one with another world size, sees exactly the samples it would have seen."""
 import math
+from dataclasses import dataclass, field
 
 import torch
 
-from data.datasets import CausalWindows, MaskedWindows, SampleOrder
+from data.datasets import CausalWindows, MaskedWindows, PrefixWindows, SampleOrder
+from data.documents import DocumentIndex
 from data.masking import MLMMasker
 from training.distributed import all_reduce_sum
 from utils import IGNORE_INDEX
@@ -21,10 +23,13 @@ def masker_for(cfg, tokenizer, eval_mode: bool) -> MLMMasker:
                      mask_token_frac=d.mask_token_frac, random_token_frac=d.random_token_frac)
 
 
-def make_windows(token_bin, seq_len: int, objective: str, masker=None):
+def make_windows(token_bin, seq_len: int, objective: str, masker=None, document_mask: bool = False):
+    documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
     if objective == "clm":
-        return CausalWindows(token_bin, seq_len)
-    return MaskedWindows(token_bin, seq_len, masker)
+        return CausalWindows(token_bin, seq_len, documents)
+    if objective == "plm":
+        return PrefixWindows(token_bin, seq_len, documents)
+    return MaskedWindows(token_bin, seq_len, masker, documents)
 
 
 def _sample_generator(seed: int, position: int) -> torch.Generator:
@@ -33,21 +38,48 @@ def _sample_generator(seed: int, position: int) -> torch.Generator:
     return g
 
 
-def fetch(windows, index: int, seed: int, position: int):
-    if isinstance(windows, CausalWindows):
-        return windows[index]
-    return windows.sample(index, _sample_generator(seed, position))
+def fetch(windows, index: int, seed: int, position: int) -> dict:
+    """One sample as named tensors: input_ids, labels, and the per-sample fields its windows add
+    (document_ids with a document index, in_prefix for a prefix LM)."""
+    if isinstance(windows, PrefixWindows):
+        x, y, in_prefix = windows.sample(index, _sample_generator(seed, position))
+        sample = {"input_ids": x, "labels": y, "in_prefix": in_prefix}
+    elif isinstance(windows, CausalWindows):
+        x, y = windows[index]
+        sample = {"input_ids": x, "labels": y}
+    else:
+        x, y = windows.sample(index, _sample_generator(seed, position))
+        sample = {"input_ids": x, "labels": y}
+    if windows.documents is not None:
+        sample["document_ids"] = windows.document_ids(index)
+    return sample
 
 
-def collate(windows, order: SampleOrder, positions, seed: int, device):
-    """(inputs, labels, number of labelled positions): the count is taken on the host before the
-    copy to the device, so normalising the loss never waits for the device."""
-    xs, ys = zip(*(fetch(windows, order.index(p), seed, p) for p in positions))
-    x, y = torch.stack(xs), torch.stack(ys)
-    n_targets = int((y != IGNORE_INDEX).sum())
+@dataclass
+class Batch:
+    """A micro-batch: ids, aligned labels, how many positions carry a label (counted on the host),
+    and `fields`, every other per-sample tensor, handed to the model by name (document_ids,
+    in_prefix; an objective that needs more, such as token types, adds its field to the sample)."""
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    n_targets: int
+    fields: dict = field(default_factory=dict)
+
+
+def stack(samples, device) -> Batch:
+    """Samples (fetch's dicts) stacked into a Batch on `device`; the target count is taken before
+    the copy, so normalising the loss never waits for the device."""
+    tensors = {name: torch.stack([s[name] for s in samples]) for name in samples[0]}
+    n_targets = int((tensors["labels"] != IGNORE_INDEX).sum())
     if device.type == "cuda":
-        x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-    return x, y, n_targets
+        tensors = {name: t.pin_memory().to(device, non_blocking=True) for name, t in tensors.items()}
+    else:
+        tensors = {name: t.to(device) for name, t in tensors.items()}
+    return Batch(tensors.pop("input_ids"), tensors.pop("labels"), n_targets, tensors)
+
+
+def collate(windows, order: SampleOrder, positions, seed: int, device) -> Batch:
+    return stack([fetch(windows, order.index(p), seed, p) for p in positions], device)
 
 
 def step_positions(order: SampleOrder, samples_seen: int, micro_batch: int, accumulation: int, rank: int,
@@ -70,11 +102,10 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
     mine = list(range(info.rank, n, info.world_size))
     loss_sum = targets = correct = 0.0
     for start in range(0, len(mine), batch_size):
-        idx = mine[start:start + batch_size]
-        xs, ys = zip(*(fetch(windows, i, EVAL_SEED, i) for i in idx))
-        x, y = torch.stack(xs).to(device), torch.stack(ys).to(device)
+        batch = stack([fetch(windows, i, EVAL_SEED, i) for i in mine[start:start + batch_size]], device)
+        y = batch.labels
         with autocast:
-            out = model(x, labels=y, return_logits=isinstance(windows, MaskedWindows))
+            out = model(batch.inputs, labels=y, return_logits=isinstance(windows, MaskedWindows), **batch.fields)
         loss_sum += out.loss_sum.float().item()
         targets += float(out.n_targets)
         if out.logits is not None and isinstance(windows, MaskedWindows):

@@ -19,8 +19,9 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float:
 
 def head_fraction(objective: str, mask_rate: float) -> float:
     """Share of positions whose vocabulary logits a training step computes: all of them for a
-    causal model, only the masked ones for a masked model (its head is evaluated sparsely)."""
-    return 1.0 if objective == "clm" else mask_rate
+    causal or prefix model (a prefix LM's head runs on its prefix too), only the masked ones for a
+    masked model (its head is evaluated sparsely)."""
+    return mask_rate if objective == "mlm" else 1.0
 
 
 def mfu(model, tokens_per_s: float, peak: float, world_size: int = 1, fraction: float = 1.0) -> float:
