@@ -11,7 +11,8 @@ a plain .txt / .md file (a document per blank-line-separated paragraph, or per l
 framed (eos, or [CLS] ... [SEP]) and concatenated in order.
 
 Causal models: loss, perplexity and bits per byte over non-overlapping windows of seq_len + 1
-tokens. Masked models: masked loss and masked-token accuracy, the masks drawn from a fixed seed at
+tokens; prefix LMs the same over the tokens after each window's prefix, drawn from a fixed seed as
+training's validation draws them. Masked models: masked loss and masked-token accuracy, the masks drawn from a fixed seed at
 --mask_rate with 80/10/10, so two runs give the same figures to the bit."""
 import argparse
 import contextlib
@@ -26,7 +27,8 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_for_inference
-from data.datasets import CausalWindows, MaskedWindows
+from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
+from data.documents import DocumentIndex
 from data.errors import DataError
 from data.sources import TEXT_UNITS, iter_records, nothing_usable
 from data.token_bin import TokenBin, token_dtype
@@ -91,9 +93,12 @@ def check_flags(args) -> None:
 class TokenArray:
     """In-memory stand-in for a TokenBin: what the windows read (tokens), and the sidecar's counts."""
 
-    def __init__(self, path: str, tokens: np.ndarray, text_bytes: int, documents: int):
-        self.path, self.tokens = path, tokens
+    def __init__(self, path: str, tokens: np.ndarray, text_bytes: int, documents: int, offsets: np.ndarray):
+        self.path, self.tokens, self.offsets = path, tokens, offsets
         self.meta = {"n_tokens": int(len(tokens)), "n_text_bytes": int(text_bytes), "n_documents": documents}
+
+    def doc_offsets(self) -> np.ndarray:
+        return self.offsets
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -125,7 +130,8 @@ def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str) -> tupl
     if documents == 0:
         raise nothing_usable([path], read, rejected, text_field)
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
-    return TokenArray(path, tokens, text_bytes, documents), rejected
+    offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
+    return TokenArray(path, tokens, text_bytes, documents, offsets), rejected
 
 
 def load_tokens(path: str, tokenizer, text_field: str, text_unit: str) -> tuple:
@@ -159,12 +165,21 @@ class _MaskedProgress(_Progress, MaskedWindows):
         return super().sample(i, generator)
 
 
-def windows_for(token_bin, seq_len: int, objective: str, masker):
+class _PrefixProgress(_Progress, PrefixWindows):
+    def sample(self, i, generator):
+        self._tick(i)
+        return super().sample(i, generator)
+
+
+def windows_for(token_bin, seq_len: int, objective: str, masker, document_mask: bool = False):
     """training.batches.make_windows' windows, with the progress hook (the same classes underneath,
     so evaluate() treats them exactly as it treats training's validation windows)."""
+    documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
     if objective == "clm":
-        return _CausalProgress(token_bin, seq_len)
-    return _MaskedProgress(token_bin, seq_len, masker)
+        return _CausalProgress(token_bin, seq_len, documents)
+    if objective == "plm":
+        return _PrefixProgress(token_bin, seq_len, documents)
+    return _MaskedProgress(token_bin, seq_len, masker, documents)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -188,14 +203,14 @@ def run(args) -> dict:
 
     token_bin, rejected = load_tokens(args.data, tokenizer, args.text_field, args.text_unit)
     n_tokens = len(token_bin)
-    need = seq_len + 1 if objective == "clm" else seq_len
+    need = seq_len if objective == "mlm" else seq_len + 1
     if n_tokens < need:
         raise DataError(f"{args.data} holds {n_tokens} tokens; one window needs {need} (seq_len {seq_len}"
-                        f"{' + 1' if objective == 'clm' else ''}): use more text or a shorter --seq_len")
+                        f"{'' if objective == 'mlm' else ' + 1'}): use more text or a shorter --seq_len")
     text_bytes = token_bin.meta.get("n_text_bytes", 0)
     bytes_per_token = text_bytes / max(1, n_tokens)
 
-    windows = windows_for(token_bin, seq_len, objective, masker)
+    windows = windows_for(token_bin, seq_len, objective, masker, config.document_mask)
     n_windows = len(windows) if args.max_batches <= 0 else min(len(windows), args.max_batches * args.batch_size)
     n_batches = math.ceil(n_windows / args.batch_size)
     dtype = resolve_dtype(args.dtype, device)
@@ -219,7 +234,7 @@ def run(args) -> dict:
     if isinstance(token_bin, TokenArray):
         result["documents"] = token_bin.meta["n_documents"]
         result["skipped"] = dict(sorted(rejected.items()))
-    if objective == "clm":
+    if objective != "mlm":
         result["bits_per_byte"] = metrics["val_bpb"]
     else:
         result.update(accuracy=metrics["val_mlm_accuracy"], mask_rate=args.mask_rate, mask_seed=EVAL_SEED)
@@ -228,7 +243,8 @@ def run(args) -> dict:
 
 def report(r: dict) -> str:
     weights = "EMA weights" if r["weights"] == "ema" else "raw trained weights"
-    lines = [f"model        {r['model_path']} ({'causal' if r['objective'] == 'clm' else 'masked'} LM, {weights})"]
+    kind = {"clm": "causal", "plm": "prefix", "mlm": "masked"}[r["objective"]]
+    lines = [f"model        {r['model_path']} ({kind} LM, {weights})"]
     data = f"data         {r['data']}: {r['tokens']:,} tokens"
     if "documents" in r:
         data += f" from {r['documents']:,} documents"
@@ -236,10 +252,10 @@ def report(r: dict) -> str:
             data += f" ({sum(r['skipped'].values())} skipped: " + \
                     ", ".join(f"{k} {v}" for k, v in r["skipped"].items()) + ")"
     lines.append(data)
-    window = r["seq_len"] + 1 if r["objective"] == "clm" else r["seq_len"]
+    window = r["seq_len"] if r["objective"] == "mlm" else r["seq_len"] + 1
     lines.append(f"windows      {r['windows']:,} of {r['windows_total']:,} ({window} tokens each), "
-                 f"{r['targets']:,} {'targets' if r['objective'] == 'clm' else 'masked targets'}")
-    if r["objective"] == "clm":
+                 f"{r['targets']:,} {dict(clm='targets', plm='targets after the prefixes').get(r['objective'], 'masked targets')}")
+    if r["objective"] != "mlm":
         lines += [f"loss         {r['loss']:.4f}", f"perplexity   {r['perplexity']:.3f}",
                   f"bits/byte    {r['bits_per_byte']:.4f}"]
     else:

@@ -166,3 +166,40 @@ def test_config_accepts_plm_and_validates_document_mask():
         LMConfig(document_mask="yes")
     with pytest.raises(ValueError, match="model.objective"):
         LMConfig(objective="prefix")
+
+
+@torch.no_grad()
+def test_evaluate_scores_a_packed_prefix_lm_on_its_suffixes(tmp_path, capsys):
+    """evaluate.py on a JSONL file: each window's documents and prefixes as training's validation
+    draws them (fixed seed, the window's index as position), loss only after each prefix."""
+    import json
+
+    import evaluate as ev
+    from tests.gen_fixtures import LINES, save_checkpoint, tiny_tokenizer
+    from training.batches import EVAL_SEED, _sample_generator
+
+    tok = tiny_tokenizer(str(tmp_path))
+    torch.manual_seed(1)
+    model = Transformer(LMConfig(vocab_size=320, dim=48, n_layers=2, n_heads=4, max_seq_len=64, objective="plm",
+                                 document_mask=True)).eval()
+    path = save_checkpoint(str(tmp_path / "plm"), model, tok)
+    texts = [f"{LINES[i % len(LINES)]} {i}" for i in range(40)]
+    data = tmp_path / "eval.jsonl"
+    data.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    assert ev.main(["--model_path", path, "--data", str(data), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+
+    docs = [tok.frame(tok.encode(t)) for t in texts]
+    tokens = torch.tensor([t for d in docs for t in d])
+    index = DocumentIndex(np.cumsum([0] + [len(d) for d in docs]))
+    loss_sum, count = 0.0, 0
+    for i in range((len(tokens) - 1) // 64):
+        x, y = tokens[i * 64:i * 64 + 64], tokens[i * 64 + 1:i * 64 + 65]
+        document_ids = index.ids(i * 64, 64)
+        in_prefix = draw_prefix(document_ids, _sample_generator(EVAL_SEED, i))
+        logits = model(x[None], document_ids=document_ids[None], in_prefix=in_prefix[None]).logits[0]
+        keep = suffix_labels(y, in_prefix) != -100
+        loss_sum += torch.nn.functional.cross_entropy(logits[keep].double(), y[keep], reduction="sum").item()
+        count += int(keep.sum())
+    assert r["objective"] == "plm" and r["targets"] == count < r["windows"] * 64
+    assert abs(r["loss"] - loss_sum / count) < 1e-5 and "bits_per_byte" in r
