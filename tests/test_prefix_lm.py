@@ -203,3 +203,17 @@ def test_evaluate_scores_a_packed_prefix_lm_on_its_suffixes(tmp_path, capsys):
         count += int(keep.sum())
     assert r["objective"] == "plm" and r["targets"] == count < r["windows"] * 64
     assert abs(r["loss"] - loss_sum / count) < 1e-5 and "bits_per_byte" in r
+
+
+def test_init_from_a_causal_checkpoint_continues_as_a_packed_prefix_lm(tmp_path):
+    from model.config import ConfigError
+    from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
+    from training.init_from import InitSource
+
+    path = save_checkpoint(str(tmp_path / "clm"), tiny_model("clm"), tiny_tokenizer(str(tmp_path)))
+    source = InitSource(path, say=lambda line: None)
+    settings = source.model_settings({"objective": "plm", "document_mask": True}, {"objective", "document_mask"})
+    assert settings["objective"] == "plm" and settings["document_mask"] is True
+    assert settings["dim"] == source.model_config["dim"]
+    with pytest.raises(ConfigError, match="model.objective='mlm'"):
+        source.model_settings({"objective": "mlm"}, {"objective"})

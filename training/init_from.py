@@ -7,7 +7,9 @@ import os
 from model.config import ConfigError
 from utils import check_writable_dir
 
-RUNTIME_KEYS = ("dropout", "gradient_checkpointing")  # may differ from the source: no weight depends on them
+# May differ from the source: no weight depends on them.
+RUNTIME_KEYS = ("dropout", "gradient_checkpointing", "document_mask")
+DECODERS = ("clm", "plm")  # one set of weights: a causal source continues as a prefix LM, and back
 
 
 class InitSource:
@@ -33,8 +35,11 @@ class InitSource:
         """The source's model config, with the run's runtime settings. A model.* key given on the
         command line with another value is one line naming it; the config file's model section
         (written for training from scratch) gives way to the source, with a note."""
+        free = set(RUNTIME_KEYS)
+        if requested.get("objective") in DECODERS and self.model_config.get("objective") in DECODERS:
+            free.add("objective")
         differs = {k: v for k, v in requested.items()
-                   if k not in RUNTIME_KEYS and k != "pad_token_id" and self.model_config.get(k) != v}
+                   if k not in free and k != "pad_token_id" and self.model_config.get(k) != v}
         conflicts = [f"model.{k}={v!r} (the source has {self.model_config.get(k)!r})" for k, v in differs.items()
                      if k in from_cli]
         if conflicts:
@@ -42,7 +47,7 @@ class InitSource:
         if differs:
             say(f"note: --init_from {self.path} fixes the model; the config file's "
                 f"{', '.join(f'model.{k}' for k in differs)} give way to the source's")
-        return {**self.model_config, **{k: v for k, v in requested.items() if k in RUNTIME_KEYS}}
+        return {**self.model_config, **{k: v for k, v in requested.items() if k in free}}
 
     def write_tokenizer(self, directory: str) -> str:
         """The source's tokenizer as files (with its roles) for the data pipeline; returns the directory."""
