@@ -1,5 +1,6 @@
 """Small cross-cutting helpers: seeding, device and dtype resolution, formatting, safe file writes,
 and the one way every command turns a user's mistake into a single error line."""
+import argparse
 import errno
 import json
 import os
@@ -203,3 +204,10 @@ def peak_rss_mb() -> float:
     """Peak resident set size of this process in MiB (Linux reports KiB)."""
     import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """A command-line mistake is one line (and exit 2) instead of the usage block, like every other error."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"error: {message}; see {self.prog} --help\n")

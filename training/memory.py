@@ -1,0 +1,106 @@
+"""What one training step needs per rank, computed from the config alone ("will it fit?").
+
+The model is built on the meta device (no memory), so parameter counts are exact for every family.
+What the trainer keeps, in bytes per parameter: fp32 weights (autocast computes in bf16/fp16 from
+them, so they are also the master copy), fp32 gradients, AdamW's two fp32 moments, an fp32 EMA copy
+when --use_ema. DDP adds its gradient buckets (another fp32 copy of the gradients); FSDP divides
+weights, gradients and optimizer state by the world size and gathers one block at a time.
+
+Activations are the tensors autograd saves, counted per token and layer for the default block
+(checked against saved-tensor hooks): the residual stream stays fp32 under autocast, so the two norm
+inputs are 4 bytes; q, k, v, their rotated copies, the attention output and the normed inputs are
+in the compute dtype; SwiGLU keeps four hidden-sized tensors (gate, up, activated gate, product),
+a GELU MLP two; attention keeps one fp32 log-sum-exp per head. The chunked loss keeps the output
+head's fp32 gradient from forward to backward, and under autocast every matmul weight is cached in
+the compute dtype for the whole forward."""
+from dataclasses import dataclass
+
+import torch
+
+from model import LMConfig, Transformer
+
+STRATEGIES = ("single", "ddp", "fsdp")
+FFN_SAVED = {"swiglu": 4, "gelu": 2, "gelu_tanh": 2}  # hidden-sized tensors a feed-forward saves
+
+
+def meta_model(cfg: LMConfig) -> Transformer:
+    """The model with shapes but no storage: counting a 70B model costs nothing."""
+    with torch.device("meta"):
+        return Transformer(cfg)
+
+
+def body_matmul_params(cfg: LMConfig) -> int:
+    """Weights of the blocks' matmuls (what autocast caches in the compute dtype)."""
+    d, kv = cfg.dim, cfg.n_kv_heads * cfg.head_dim
+    ffn = (3 if cfg.feed_forward == "swiglu" else 2) * d * cfg.ffn_dim
+    return cfg.n_layers * (2 * d * d + 2 * d * kv + ffn)
+
+
+def layer_activation_bytes_per_token(cfg: LMConfig, compute_bytes: int) -> int:
+    d, kv = cfg.dim, cfg.n_kv_heads * cfg.head_dim
+    return 2 * d * 4 + (5 * d + 3 * kv + FFN_SAVED[cfg.feed_forward] * cfg.ffn_dim) * compute_bytes + 4 * cfg.n_heads
+
+
+@dataclass
+class Estimate:
+    params: int
+    weights: int           # bytes per rank, each
+    gradients: int
+    optimizer: int
+    ema: int
+    buckets: int           # DDP's gradient buckets
+    gathered: int          # FSDP: one unsharded block (and the next, prefetched)
+    activations: int       # saved for backward, gradient checkpointing as configured
+    activations_other: int  # the same with the checkpointing switch flipped
+    peak: int              # the estimated peak of a step
+    flops_per_token: float
+
+    def rows(self):
+        return [("weights", self.weights), ("gradients", self.gradients), ("optimizer state", self.optimizer),
+                ("EMA", self.ema), ("DDP gradient buckets", self.buckets), ("FSDP gathered blocks", self.gathered),
+                ("activations", self.activations)]
+
+
+def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointing: bool) -> int:
+    """Saved tensors of one micro-batch of `tokens` tokens, plus the backward's working set (the
+    gradients flowing through one feed-forward: one hidden-sized tensor fewer than it saved)."""
+    working = tokens * (FFN_SAVED[cfg.feed_forward] - 1) * cfg.ffn_dim * compute_bytes
+    head = cfg.vocab_size * cfg.dim * 4                      # the loss's fp32 head gradient
+    cache = 2 * body_matmul_params(cfg) if compute_bytes == 2 else 0
+    layer = layer_activation_bytes_per_token(cfg, compute_bytes) * tokens
+    outside = tokens * (cfg.dim * 4 + cfg.dim * compute_bytes + 16)  # final norm input, hidden gradient, ids
+    if checkpointing:  # block inputs only (fp32 residual), one block recomputed at a time in backward
+        return head + cache + outside + cfg.n_layers * tokens * cfg.dim * 4 + layer + working
+    return head + cache + outside + cfg.n_layers * layer + working
+
+
+def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str = "single",
+             compute_bytes: int = 4, use_ema: bool = False, accumulation_steps: int = 1,
+             head_fraction: float = 1.0) -> Estimate:
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    model = meta_model(cfg)
+    p = model.num_params()
+    shard = world_size if strategy == "fsdp" else 1
+    weights, grads, optim = 4 * p // shard, 4 * p // shard, 8 * p // shard
+    ema = 4 * p // shard if use_ema else 0
+    buckets = 4 * p if strategy == "ddp" and world_size > 1 else 0
+    gathered = 0
+    if strategy == "fsdp" and world_size > 1:
+        block = max(sum(q.numel() for q in layer.parameters()) for layer in model.layers)
+        gathered = 2 * block * 4  # weights gathered in fp32 (autocast casts them), the next one prefetched
+    tokens = batch_size * cfg.max_seq_len
+    acts = activation_bytes(cfg, tokens, compute_bytes, cfg.gradient_checkpointing)
+    other = activation_bytes(cfg, tokens, compute_bytes, not cfg.gradient_checkpointing)
+    # Gradients are None between steps (zero_grad(set_to_none)) with one micro-step: early in backward
+    # the activations are all alive, at the optimizer step all the gradients; both hold the head's
+    # gradient. With accumulation, the gradients of earlier micro-steps live through the forward.
+    fixed = weights + optim + ema + buckets + gathered
+    head = cfg.vocab_size * cfg.dim * 4
+    if accumulation_steps > 1:
+        peak = fixed + grads + acts
+    else:
+        peak = fixed + max(grads + head, acts + head)
+    return Estimate(params=p, weights=weights, gradients=grads, optimizer=optim, ema=ema, buckets=buckets,
+                    gathered=gathered, activations=acts, activations_other=other, peak=peak,
+                    flops_per_token=model.flops_per_token(head_fraction))
