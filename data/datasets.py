@@ -59,8 +59,11 @@ class MaskedWindows(_Windows):
         start = i * self.seq_len
         return torch.from_numpy(self.tokens[start:start + self.seq_len].astype(np.int64))
 
+    word_starts = None  # a data.word_starts.WordStarts view of the same .bin: then whole words are masked
+
     def sample(self, i: int, generator: torch.Generator):
-        return self.masker(self.window(i), generator)
+        starts = None if self.word_starts is None else self.word_starts.window(i * self.seq_len, self.seq_len)
+        return self.masker(self.window(i), generator, starts)
 
 
 class SampleOrder:

@@ -9,6 +9,7 @@ from data.jsonl import expand_inputs
 from data.packer import DataProcessor, check_settings
 from data.sources import nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
+from data.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 
@@ -49,7 +50,8 @@ def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 1
 
 def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str = "text", val_ratio: float = 0.05,
                    tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
-                   max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph") -> dict:
+                   max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
+                   word_starts: bool = False) -> dict:
     files = expand_inputs(inputs)
     check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length, min_chars=min_chars,
                    text_unit=text_unit)
@@ -66,6 +68,10 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
     s = processor.stats
     if s["documents_kept"] == 0:
         raise nothing_usable(files, s["documents_read"], s["rejected"], text_field)
+    if word_starts:  # whole-word masking's word boundaries, computed now so training pays nothing for them
+        tokenizer = load_tokenizer(tokenizer_path)
+        for split in ("train", "val"):
+            ensure_word_starts(paths[split], tokenizer)
     return {"train_bin": paths["train"], "val_bin": paths["val"], "tokenizer": tokenizer_path,
             "stats": paths["stats"]}
 

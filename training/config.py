@@ -35,6 +35,7 @@ class DataConfig:
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     eval_mask_rate: float = 0.15          # fixed, so evaluations of runs with different rates compare
+    whole_word_mask: bool = False         # masked LM: mask all pieces of a chosen word (evaluation stays per piece)
 
 
 @dataclass

@@ -14,6 +14,7 @@ import checkpoint as ckpt
 from data.datasets import SampleOrder, TokenBin
 from data.hf_tokenizer import save_roles
 from data.tokenizer import load_tokenizer
+from data.word_starts import WordStarts
 from model import Transformer
 from model.config import ConfigError
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
@@ -143,6 +144,10 @@ class Trainer:
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
         documents = self.model_config.document_mask
         self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents)
+        if cfg.data.whole_word_mask:
+            if objective != "mlm":
+                raise ConfigError(f"data.whole_word_mask is for masked models (model.objective mlm), not {objective}")
+            self.train_windows.word_starts = WordStarts(train_bin, self.tokenizer)
         # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
         no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
         self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents)
