@@ -67,7 +67,10 @@ def test_parts_follow_the_model_the_strategy_and_the_world_size():
     assert (ddp.weights, ddp.buckets, ddp.ema) == (4 * p, 4 * p, 4 * p)
     fsdp = estimate(cfg, batch_size=2, world_size=4, strategy="fsdp")
     assert (fsdp.weights, fsdp.gradients, fsdp.optimizer) == (p, p, 2 * p)
-    assert fsdp.gathered == 2 * 4 * sum(q.numel() for q in model.layers[0].parameters())
+    block = sum(q.numel() for q in model.layers[0].parameters())
+    assert fsdp.gathered == 4 * (p - cfg.n_layers * block + 2 * block)
+    bf16 = estimate(cfg, batch_size=2, world_size=4, strategy="fsdp", compute_bytes=2)
+    assert bf16.gathered == fsdp.gathered // 2
     assert fsdp.activations == single.activations  # activations are per micro-batch, not sharded
     # Activations grow with the tokens of a micro-batch; bf16 autocast halves most of them.
     assert estimate(cfg, batch_size=4).activations > 1.9 * single.activations - 2 * cfg.vocab_size * cfg.dim * 4

@@ -4,7 +4,8 @@ The model is built on the meta device (no memory), so parameter counts are exact
 What the trainer keeps, in bytes per parameter: fp32 weights (autocast computes in bf16/fp16 from
 them, so they are also the master copy), fp32 gradients, AdamW's two fp32 moments, an fp32 EMA copy
 when --use_ema. DDP adds its gradient buckets (another fp32 copy of the gradients); FSDP divides
-weights, gradients and optimizer state by the world size and gathers one block at a time.
+weights, gradients and optimizer state by the world size and gathers one block at a time, cast
+to the compute dtype.
 
 Activations are the tensors autograd saves, counted per token and layer for the default block
 (checked against saved-tensor hooks): the residual stream stays fp32 under autocast, so the two norm
@@ -49,7 +50,7 @@ class Estimate:
     optimizer: int
     ema: int
     buckets: int           # DDP's gradient buckets
-    gathered: int          # FSDP: one unsharded block (and the next, prefetched)
+    gathered: int          # FSDP: the root's parameters and one block (and the next) unsharded
     activations: int       # saved for backward, gradient checkpointing as configured
     activations_other: int  # the same with the checkpointing switch flipped
     peak: int              # the estimated peak of a step
@@ -61,12 +62,13 @@ class Estimate:
                 ("activations", self.activations)]
 
 
-def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointing: bool) -> int:
+def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointing: bool,
+                     weight_cache: bool = True) -> int:
     """Saved tensors of one micro-batch of `tokens` tokens, plus the backward's working set (the
     gradients flowing through one feed-forward: one hidden-sized tensor fewer than it saved)."""
     working = tokens * (FFN_SAVED[cfg.feed_forward] - 1) * cfg.ffn_dim * compute_bytes
     head = cfg.vocab_size * cfg.dim * 4                      # the loss's fp32 head gradient
-    cache = 2 * body_matmul_params(cfg) if compute_bytes == 2 else 0
+    cache = 2 * body_matmul_params(cfg) if compute_bytes == 2 and weight_cache else 0  # FSDP gathers them cast
     layer = layer_activation_bytes_per_token(cfg, compute_bytes) * tokens
     outside = tokens * (cfg.dim * 4 + cfg.dim * compute_bytes + 16)  # final norm input, hidden gradient, ids
     if checkpointing:  # block inputs only (fp32 residual), one block recomputed at a time in backward
@@ -85,13 +87,16 @@ def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str 
     weights, grads, optim = 4 * p // shard, 4 * p // shard, 8 * p // shard
     ema = 4 * p // shard if use_ema else 0
     buckets = 4 * p if strategy == "ddp" and world_size > 1 else 0
-    gathered = 0
-    if strategy == "fsdp" and world_size > 1:
+    gathered, fsdp = 0, strategy == "fsdp" and world_size > 1
+    if fsdp:
+        # Gathered in the compute dtype (training/parallel.py's MixedPrecisionPolicy): the root's own
+        # parameters (embeddings, head) for the whole step, a block and the next one prefetched.
         block = max(sum(q.numel() for q in layer.parameters()) for layer in model.layers)
-        gathered = 2 * block * 4  # weights gathered in fp32 (autocast casts them), the next one prefetched
+        root = p - sum(q.numel() for q in model.layers.parameters())
+        gathered = (root + 2 * block) * compute_bytes
     tokens = batch_size * cfg.max_seq_len
-    acts = activation_bytes(cfg, tokens, compute_bytes, cfg.gradient_checkpointing)
-    other = activation_bytes(cfg, tokens, compute_bytes, not cfg.gradient_checkpointing)
+    acts = activation_bytes(cfg, tokens, compute_bytes, cfg.gradient_checkpointing, weight_cache=not fsdp)
+    other = activation_bytes(cfg, tokens, compute_bytes, not cfg.gradient_checkpointing, weight_cache=not fsdp)
     # Gradients are None between steps (zero_grad(set_to_none)) with one micro-step: early in backward
     # the activations are all alive, at the optimizer step all the gradients; both hold the head's
     # gradient. With accumulation, the gradients of earlier micro-steps live through the forward.
