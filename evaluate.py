@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_batches", type=int, default=0, help="evaluate at most this many batches (0 = all)")
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"windows per batch (default {BATCH_SIZE})")
     p.add_argument("--seq_len", type=int, default=None,
-                   help="window length (default: the model's max_seq_len, as training evaluates)")
+                   help="window length (default: the model's max_seq_len; a run trained with a shorter data.seq_len evaluated with it)")
     p.add_argument("--mask_rate", type=float, default=0.15,
                    help="masked LM: share of positions masked (80%% mask token, 10%% random, 10%% kept)")
     p.add_argument("--device", default="auto")

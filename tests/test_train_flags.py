@@ -23,6 +23,7 @@ def one_line_error(proc, fragment):
     (["--optimizer_type", "adam"], "coupled L2"),
     (["--model.pad_token_id", "3"], "the pad id comes from the tokenizer"),
     (["--data.val_ratio", "0", "--early_stopping"], "train.early_stopping needs validation data"),
+    (["--data.seq_len", "64"], "data.seq_len 64 is longer than the model's context (model.max_seq_len 32)"),
 ])
 def test_refused_in_one_line(tiny_corpus, run_root, args, fragment):
     corpus, data_dir = tiny_corpus
@@ -127,3 +128,17 @@ def test_early_stopping_says_where_it_stands(tiny_corpus, run_root):
     out = run_ok(train_cmd("--config", cfg)).stdout
     assert "step 2: new best validation loss" in out and "saved best.pth" in out
     assert "step 4: no improvement 1/2" in out and "step 6: no improvement 2/2" in out
+
+
+def test_data_seq_len_trains_shorter_windows_than_the_context(tiny_corpus, run_root):
+    corpus, data_dir = tiny_corpus
+    cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1)
+    proc = run_ok(train_cmd("--config", cfg, "--data.seq_len", "16"))
+    assert "global batch 8 x 16 tokens" in proc.stdout + proc.stderr
+    import torch
+    state = torch.load(run_root / "out" / "run" / "checkpoint_step_2.pth", weights_only=True)
+    assert state["model_config"]["max_seq_len"] == 32  # the model keeps its context; only the windows shrink
+    run_ok(train_cmd("--config", cfg, "--run_name", "full"))
+    epoch = {name: [m for m in read_metrics(str(run_root / "out" / name)) if m.get("split") == "train"][-1]["epoch"]
+             for name in ("run", "full")}
+    assert abs(2 * epoch["run"] - epoch["full"]) < 0.1 * epoch["full"]  # twice the windows of half the length

@@ -25,6 +25,7 @@ class DataConfig:
     text_unit: str = "paragraph"          # plain text: one document per paragraph or per line
     min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
     max_length: int = 10_000_000          # longer documents are dropped (counted as too_long)
+    seq_len: Optional[int] = None         # training window length; None: model.max_seq_len (may be shorter)
     vocab_size: int = 4096                # tokenizer size when one is trained
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
     train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);
@@ -285,6 +286,11 @@ def validate(cfg: RunConfig) -> None:
     if t.lr_scheduler not in SCHEDULES:
         raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
     problem = optimizer_problem(t)
+    if d.seq_len is not None and (not isinstance(d.seq_len, int) or isinstance(d.seq_len, bool) or d.seq_len <= 1):
+        raise ConfigError(f"data.seq_len must be an integer > 1 (or null: model.max_seq_len), got {d.seq_len!r}")
+    context = cfg.model.get("max_seq_len", LMConfig.max_seq_len)
+    if d.seq_len and not t.init_from and isinstance(context, int) and d.seq_len > context:  # init_from: checked on load
+        raise ConfigError(f"data.seq_len {d.seq_len} is longer than the model's context (model.max_seq_len {context})")
     if problem:
         raise ConfigError(problem)
     if t.grad_clip < 0:

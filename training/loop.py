@@ -15,7 +15,7 @@ from data.datasets import SampleOrder, TokenBin
 from data.hf_tokenizer import save_roles
 from data.tokenizer import load_tokenizer
 from data.word_starts import WordStarts
-from model import Transformer
+from model import LMConfig, Transformer
 from model.config import ConfigError
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
 from training.config import dump_yaml
@@ -139,7 +139,11 @@ class Trainer:
         model_dict["pad_token_id"] = self.tokenizer.pad_id
         cfg.model = model_dict
         self.model_config = cfg.model_config(self.tokenizer.vocab_size)
-        seq_len, objective = self.model_config.max_seq_len, self.model_config.objective
+        objective = self.model_config.objective
+        self.seq_len = seq_len = cfg.data.seq_len or self.model_config.max_seq_len
+        if seq_len > self.model_config.max_seq_len:
+            raise ConfigError(f"data.seq_len {seq_len} is longer than the model's context (model.max_seq_len "
+                              f"{self.model_config.max_seq_len})")
         masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
         documents = self.model_config.document_mask
@@ -154,8 +158,8 @@ class Trainer:
         for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
             if windows is not None and len(windows) == 0:
                 raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
-                                  f"model.max_seq_len={seq_len} (+1): use more text, a larger data.val_ratio "
-                                  "for validation, or a shorter model.max_seq_len")
+                                  f"{seq_len} (+1) tokens: use more text, a larger data.val_ratio "
+                                  "for validation, or shorter windows (data.seq_len)")
         if no_validation:
             self.say("note: no validation data (data.val_ratio 0 or no data.val_bin): no evaluations, no best.pth and "
                      "no early stopping; checkpoints are written as usual")
@@ -210,7 +214,8 @@ class Trainer:
                                        "checkpoint_step_N.pth or checkpoint_interrupted.pth")
         if state.get("tokenizer_fingerprint") != self.fingerprint:
             raise ckpt.CheckpointError(f"cannot resume {path}: it was trained with another tokenizer")
-        saved, current = dict(state["model_config"]), self.model_config.to_dict()
+        # Through LMConfig so keys added since the checkpoint was written compare as their defaults.
+        saved, current = LMConfig.from_dict(dict(state["model_config"])).to_dict(), self.model_config.to_dict()
         for key in ("dropout", "gradient_checkpointing"):  # these may change between runs
             saved.pop(key, None), current.pop(key, None)
         if saved != current:
@@ -395,10 +400,10 @@ class Trainer:
         threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
         self.say(f"training {format_count(self.raw_model.num_params())} parameters ({self.model_config.objective}) "
                  f"on {self.device} x{info.world_size}{threads}, {self.dtype}, global batch {self.global_batch} x "
-                 f"{self.model_config.max_seq_len} tokens, {self.total_steps} steps -> {self.run_dir}")
+                 f"{self.seq_len} tokens, {self.total_steps} steps -> {self.run_dir}")
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not info.is_main, dynamic_ncols=True,
                    unit="step")
-        tokens_per_step = self.global_batch * self.model_config.max_seq_len
+        tokens_per_step = self.global_batch * self.seq_len
         outcome, last_eval, started = "completed", {}, time.perf_counter()
         window_start, window_steps = time.perf_counter(), 0
         with StopSignals() as signals:
@@ -442,4 +447,5 @@ class Trainer:
                 os.remove(stale)
         return {"outcome": outcome, "step": self.step, "best_val_loss": self.early.best_loss,
                 "best_step": self.early.best_step, "skipped_steps": self.nan_guard.total,
-                "seconds": time.perf_counter() - started, "run_dir": self.run_dir, **last_eval}
+                "seconds": time.perf_counter() - started, "run_dir": self.run_dir,
+                "has_validation": self.val_windows is not None, **last_eval}
