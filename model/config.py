@@ -49,6 +49,7 @@ class LMConfig:
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
     pad_token_id: int = 0
     document_mask: bool = False           # packed windows: attention stays inside each document, positions restart
+    next_sentence: bool = False           # mlm: a pooler over the first token and BERT's is-next classifier (NSP)
     # The family and its block pieces. arch names a family in FAMILY_DEFAULTS; every key below (and
     # objective, norm_eps, rope_theta) left unset (None) takes that family's value, one set wins.
     # Piece names are looked up in their registries (model/layers.py, model/blocks.py).
@@ -77,7 +78,7 @@ class LMConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or value not in registry:
                 raise ConfigError(f"model.{key} must be one of {', '.join(registry)}, got {value!r}")
-        for key in ("bias", "qkv_bias", "embedding_norm", "document_mask"):
+        for key in ("bias", "qkv_bias", "embedding_norm", "document_mask", "next_sentence"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.token_types, int) or isinstance(self.token_types, bool) or self.token_types < 0:
@@ -97,6 +98,9 @@ class LMConfig:
             raise ConfigError(f"model.dim / model.n_heads = {self.dim // self.n_heads} must be even for rotary embeddings")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"model.objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.next_sentence and self.objective != "mlm":
+            raise ConfigError(f"model.next_sentence is a masked model's second head (model.objective mlm), "
+                              f"not {self.objective}'s")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:

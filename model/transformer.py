@@ -21,6 +21,7 @@ from model.blocks import RESIDUALS, Block  # noqa: F401  (Block: the default, pr
 from model.config import LMConfig
 from model.layers import NORMS, POSITIONS
 from model.losses import IGNORE_INDEX, chunked_cross_entropy_sum
+from model.next_sentence import NextSentenceHead
 
 
 @dataclass
@@ -29,6 +30,8 @@ class ModelOutput:
     loss: Optional[torch.Tensor] = None       # mean over labelled positions
     loss_sum: Optional[torch.Tensor] = None   # sum over labelled positions
     n_targets: Optional[torch.Tensor] = None  # how many positions carried a label
+    nsp_logits: Optional[torch.Tensor] = None    # [B, 2] with a next-sentence head
+    nsp_loss_sum: Optional[torch.Tensor] = None  # sum over the batch, when next_sentence_label was given
 
 
 class MLMHead(nn.Module):
@@ -65,6 +68,7 @@ class Transformer(nn.Module):
         else:
             self.output = None
             self.mlm_head = MLMHead(config)
+        self.next_sentence = NextSentenceHead(config) if config.next_sentence else None
         self.apply(self._init_weights)
         # Residual projections scaled by depth, so the residual stream's variance stays bounded.
         for name, p in self.named_parameters():
@@ -198,10 +202,20 @@ class Transformer(nn.Module):
         return self.norm(x)
 
     def forward(self, input_ids, labels=None, attention_mask=None, cache=None, return_logits=True,
-                token_type_ids=None, document_ids=None, in_prefix=None) -> ModelOutput:
+                token_type_ids=None, document_ids=None, in_prefix=None, next_sentence_label=None) -> ModelOutput:
+        """next_sentence_label [B] (0: the second segment follows the first, 1: it is random) adds the
+        next-sentence loss sum to the output of a model with that head (model.next_sentence)."""
         h = self.hidden_states(input_ids, attention_mask, cache, token_type_ids, document_ids, in_prefix)
         if not self.config.causal:
-            return self._mlm_output(h, labels, return_logits)
+            out = self._mlm_output(h, labels, return_logits)
+            if self.next_sentence is not None:
+                out.nsp_logits = self.next_sentence(h)
+                if next_sentence_label is not None:
+                    out.nsp_loss_sum = F.cross_entropy(out.nsp_logits.float(), next_sentence_label, reduction="sum")
+            elif next_sentence_label is not None:
+                raise ValueError("next_sentence_label given, but this model has no next-sentence head "
+                                 "(model.next_sentence false)")
+            return out
         if labels is None:
             return ModelOutput(logits=F.linear(h, self.output_weight))
         flat_h, flat_y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)

@@ -3,8 +3,10 @@ blocks with biases, learned positions, token types and a LayerNorm over the summ
 exact-GELU MLP, and the MLM head's transform (dense, GELU, LayerNorm) with a decoder tied to the
 word embeddings plus a bias: our MLMHead with norm=layernorm.
 
-Weights come under "bert." (ForMaskedLM, ForPreTraining) or bare (BertModel); the pooler and the
-next-sentence head are left behind; old checkpoints' LayerNorm gamma/beta read as weight/bias.
+Weights come under "bert." (ForMaskedLM, ForPreTraining) or bare (BertModel); old checkpoints'
+LayerNorm gamma/beta read as weight/bias. BertForPreTraining's pooler and next-sentence head become
+our NextSentenceHead (model.next_sentence) and are exported back as BertForPreTraining; for any other
+class they are left behind.
 An encoder saved without its MLM head (BertModel) yields no mlm_head.* keys: the caller
 initialises the head fresh."""
 import torch
@@ -30,6 +32,9 @@ _HEAD = {"mlm_head.dense.weight": "cls.predictions.transform.dense.weight",
          "mlm_head.norm.weight": "cls.predictions.transform.LayerNorm.weight",
          "mlm_head.norm.bias": "cls.predictions.transform.LayerNorm.bias",
          "mlm_head.bias": "cls.predictions.bias"}
+_NEXT_SENTENCE = {"next_sentence.pooler.weight": "pooler.dense.weight", "next_sentence.pooler.bias": "pooler.dense.bias",
+                  "next_sentence.classifier.weight": "cls.seq_relationship.weight",
+                  "next_sentence.classifier.bias": "cls.seq_relationship.bias"}
 
 
 def _renamed(key: str) -> str:
@@ -50,6 +55,9 @@ class BertFamily(Family):
     def pieces(self, cfg: LMConfig) -> dict:
         return {**self.PIECES, "token_types": max(1, cfg.token_types), "n_kv_heads": cfg.n_heads}
 
+    def hf_class_name(self, cfg: LMConfig) -> str:
+        return "BertForPreTraining" if cfg.next_sentence else self.hf_class
+
     def config_from_hf(self, hf: dict) -> dict:
         need(hf, "hidden_act", ("gelu",), "gelu", self.title)  # the MLM head's GELU is exact too
         need(hf, "position_embedding_type", ("absolute",), "absolute", self.title)
@@ -62,11 +70,12 @@ class BertFamily(Family):
                     max_seq_len=positive(hf, "max_position_embeddings", 512),
                     token_types=positive(hf, "type_vocab_size", 2), norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
                     dropout=float(hf.get("hidden_dropout_prob", 0.1)), tie_embeddings=True,
+                    next_sentence="BertForPreTraining" in (hf.get("architectures") or []),
                     **self.PIECES, **common_kwargs(hf, vocab))
 
     def config_to_hf(self, cfg: LMConfig) -> dict:
         self.check(cfg)
-        return dict(architectures=[self.hf_class], model_type="bert", vocab_size=cfg.vocab_size, hidden_size=cfg.dim,
+        return dict(architectures=[self.hf_class_name(cfg)], model_type="bert", vocab_size=cfg.vocab_size, hidden_size=cfg.dim,
                     num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, intermediate_size=cfg.ffn_dim,
                     hidden_act="gelu", max_position_embeddings=cfg.max_seq_len, type_vocab_size=cfg.token_types,
                     layer_norm_eps=cfg.norm_eps, position_embedding_type="absolute", tie_word_embeddings=True,
@@ -87,6 +96,9 @@ class BertFamily(Family):
                     put(out, f"layers.{i}.{ours}.{suffix}", w.get(f"{layer}{theirs}.{suffix}"))
         for ours, theirs in _HEAD.items():
             put(out, ours, w.get(theirs))
+        if cfg.next_sentence:
+            for ours, theirs in _NEXT_SENTENCE.items():
+                put(out, ours, w.get(theirs))
         decoder_bias = w.get("cls.predictions.decoder.bias")  # the same tensor as cls.predictions.bias
         if "mlm_head.bias" not in out:
             put(out, "mlm_head.bias", decoder_bias)
@@ -112,6 +124,9 @@ class BertFamily(Family):
         out.update({theirs: state[ours] for ours, theirs in _HEAD.items()})
         out["cls.predictions.decoder.weight"] = state["tok_embeddings.weight"]
         out["cls.predictions.decoder.bias"] = state["mlm_head.bias"]
+        if cfg.next_sentence:
+            out.update({("bert." + theirs if theirs.startswith("pooler.") else theirs): state[ours]
+                        for ours, theirs in _NEXT_SENTENCE.items()})
         return out
 
 
