@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from data.documents import draw_prefix, suffix_labels
+from data.documents import draw_prefix, known_prefix, suffix_labels
 from data.token_bin import TokenBin  # noqa: F401  (re-exported: the datasets' input type)
 
 
@@ -35,11 +35,21 @@ class CausalWindows(_Windows):
 class PrefixWindows(CausalWindows):
     """Causal windows for a prefix LM: each sample draws where its prefix ends from the generator
     (so a sample is a pure function of its position); with a document index each document piece in
-    the window gets a prefix of its own. Labels inside the prefix are -100."""
+    the window gets a prefix of its own. prompt_lengths (with a document index): each document's
+    prefix is its prompt instead, nothing drawn. Labels inside the prefix are -100."""
+
+    def __init__(self, token_bin, seq_len: int, documents=None, prompt_lengths=None):
+        super().__init__(token_bin, seq_len, documents)
+        if prompt_lengths is not None and documents is None:
+            raise ValueError("prompt lengths need the document index (model.document_mask)")
+        self.prompt_lengths = prompt_lengths
 
     def sample(self, i: int, generator: torch.Generator):
         """(x, y, in_prefix): in_prefix [seq_len] bool marks the bidirectional prefix of x."""
         x, y = self[i]
+        if self.prompt_lengths is not None:  # inputs and the last target: it may lie in a prompt too
+            in_prefix = known_prefix(self.documents, self.prompt_lengths, i * self.seq_len, self.seq_len + 1)
+            return x, suffix_labels(y, in_prefix), in_prefix[:-1]
         documents = self.document_ids(i) if self.documents is not None else torch.zeros(self.seq_len, dtype=torch.long)
         in_prefix = draw_prefix(documents, generator)
         return x, suffix_labels(y, in_prefix), in_prefix

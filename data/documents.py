@@ -4,7 +4,8 @@ per document (model.objective plm).
 A token file stores documents back to back; its .idx sidecar holds where each one starts. A window
 is a slice of that stream, so it may hold the end of one document, whole documents and the start of
 another. The model needs, per token, which document it belongs to (a number that only has to differ
-between neighbours) and, for a prefix LM, whether it lies in the bidirectional prefix."""
+between neighbours) and, for a prefix LM, whether it lies in the bidirectional prefix: drawn at
+random, or a document's own prompt when the corpus gives one (data.prefix_field)."""
 import numpy as np
 import torch
 
@@ -46,10 +47,21 @@ def draw_prefix(document_ids: torch.Tensor, generator: torch.Generator) -> torch
     return offset < torch.repeat_interleave(prefix_lengths, lengths)
 
 
+def known_prefix(documents: DocumentIndex, prompt_lengths, start: int, length: int) -> torch.Tensor:
+    """[length] bool: tokens [start, start + length) that lie in their document's prompt, whose
+    length in tokens prompt_lengths gives per document (data/prefix_split.py)."""
+    ids = documents.ids(start, length).numpy()
+    offset = np.arange(start, start + length) - documents.offsets[ids]
+    return torch.from_numpy(offset < np.asarray(prompt_lengths)[ids])
+
+
 def suffix_labels(labels: torch.Tensor, in_prefix: torch.Tensor) -> torch.Tensor:
     """Next-token labels (labels[t] is token t + 1) kept only where that token lies after the prefix:
-    the loss counts exactly the suffix. The window's last label follows its last input token and is
-    never in a prefix (each piece keeps at least one token out of it)."""
-    target_in_prefix = torch.zeros_like(in_prefix)
-    target_in_prefix[:-1] = in_prefix[1:]
+    the loss counts exactly the suffix. in_prefix covers the inputs ([T]: the window's last label
+    then counts, as drawn prefixes always leave a piece's last token out) or the targets too ([T + 1])."""
+    if len(in_prefix) == len(labels) + 1:
+        target_in_prefix = in_prefix[1:]
+    else:
+        target_in_prefix = torch.zeros_like(in_prefix)
+        target_in_prefix[:-1] = in_prefix[1:]
     return torch.where(target_in_prefix, torch.full_like(labels, IGNORE_INDEX), labels)

@@ -28,8 +28,19 @@ def expand_inputs(patterns) -> list:
     return files
 
 
-def parse_line(raw: bytes, text_field: str, max_chars: int):
-    """(text, None) for a usable document, or (None, reason)."""
+class PrefixedText(str):
+    """A document made of a prompt and its completion (--prefix_field): the whole text as a str,
+    everything downstream reads it as one, and `.prefix`, the prompt it starts with."""
+
+    def __new__(cls, prefix: str, rest: str):
+        text = super().__new__(cls, prefix + rest)
+        text.prefix = prefix
+        return text
+
+
+def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
+    """(text, None) for a usable document, or (None, reason). prefix_field: the field holding the
+    document's prompt, placed before the text; the result is then a PrefixedText."""
     line = raw.rstrip(b"\n").rstrip(b"\r")
     if line.startswith(BOM):
         line = line[len(BOM):]
@@ -52,6 +63,12 @@ def parse_line(raw: bytes, text_field: str, max_chars: int):
         return None, "non_string"
     if not text.strip():
         return None, "empty_text"
+    if prefix_field is not None:
+        if prefix_field not in obj:
+            return None, "missing_field"
+        if not isinstance(obj[prefix_field], str):
+            return None, "non_string"
+        text = PrefixedText(obj[prefix_field], text)
     if "\x00" in text:
         return None, "contains_nul"
     if len(text) > max_chars:

@@ -106,14 +106,16 @@ class DataProcessor:
     def __init__(self, tokenizer_path: str, max_length: int = 10_000_000, chunk_size: int = 2048,
                  save_interval: int = 0, text_field: str = "text", val_ratio: float = 0.0, seed: int = 0,
                  show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES, min_chars: int = 1,
-                 text_unit: str = "paragraph"):
+                 text_unit: str = "paragraph", prefix_field=None):
         """max_length: longest document kept, in characters; chunk_size: most documents tokenized
         per batch; chunk_bytes: most text per batch (memory follows the batch, not the corpus);
         save_interval: documents between durable progress commits (0: every chunk); min_chars:
-        shortest document kept; text_unit: a plain-text file's documents are its lines or paragraphs."""
+        shortest document kept; text_unit: a plain-text file's documents are its lines or paragraphs;
+        prefix_field: JSONL records are a prompt under this field followed by the text (one document;
+        data/prefix_split.py records where the prompt ends)."""
         check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length, min_chars=min_chars,
                        text_unit=text_unit)
-        self.min_chars, self.text_unit = min_chars, text_unit
+        self.min_chars, self.text_unit, self.prefix_field = min_chars, text_unit, prefix_field
         self.tokenizer_path = tokenizer_path
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.max_length, self.chunk_size, self.save_interval = max_length, chunk_size, save_interval
@@ -157,10 +159,12 @@ class DataProcessor:
         return {"format": FORMAT_VERSION, "inputs": inputs,
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
                 "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length,
-                "min_chars": self.min_chars, "text_unit": self.text_unit}
+                "min_chars": self.min_chars, "text_unit": self.text_unit,
+                **({"prefix_field": self.prefix_field} if self.prefix_field else {})}
 
     def _records(self, path: str, start: int):
-        return iter_records(path, start, self.text_field, self.max_length, self.min_chars, self.text_unit)
+        return iter_records(path, start, self.text_field, self.max_length, self.min_chars, self.text_unit,
+                            self.prefix_field)
 
     def is_complete(self, input_path, output_path: str) -> bool:
         paths = self.output_paths(output_path)

@@ -7,6 +7,7 @@ import time
 
 from data.jsonl import expand_inputs
 from data.packer import DataProcessor, check_settings
+from data.prefix_split import ensure_prefix_lengths
 from data.sources import nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
 from data.word_starts import ensure_word_starts
@@ -49,6 +50,7 @@ def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 1
 
 
 def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str = "text", val_ratio: float = 0.05,
+                   prefix_field=None,
                    tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
                    max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
                    word_starts: bool = False) -> dict:
@@ -61,13 +63,17 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
     else:
         tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length, min_chars, text_unit)
     processor = DataProcessor(tokenizer_path, max_length=max_length, chunk_size=chunk_size, text_field=text_field,
-                              val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit)
+                              val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit,
+                              prefix_field=prefix_field)
     paths = processor.process_dataset(files, os.path.join(out_dir, "train.bin"), resume=resume)
     if not processor.reused:
         _print_summary(processor, paths)
     s = processor.stats
     if s["documents_kept"] == 0:
         raise nothing_usable(files, s["documents_read"], s["rejected"], text_field)
+    if prefix_field:  # where each document's prompt ends, for prefix-LM training
+        ensure_prefix_lengths(files, {"train": paths["train"], "val": paths["val"]}, load_tokenizer(tokenizer_path),
+                              text_field, prefix_field, seed, val_ratio, max_length, min_chars, text_unit)
     if word_starts:  # whole-word masking's word boundaries, computed now so training pays nothing for them
         tokenizer = load_tokenizer(tokenizer_path)
         for split in ("train", "val"):

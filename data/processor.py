@@ -34,6 +34,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--min_chars", type=int, default=1, help="shortest document kept, in characters")
     p.add_argument("--text_unit", choices=["paragraph", "line"], default="paragraph",
                    help=".txt/.md inputs: one document per blank-line-separated paragraph (default) or per line")
+    p.add_argument("--prefix_field", default=None,
+                   help="JSONL: the field holding each record's prompt, stored before its text as one document; "
+                        "train.bin.prefix / val.bin.prefix record where each prompt ends (prefix-LM training)")
     p.add_argument("--word_starts", action="store_true",
                    help="also write train.bin.words / val.bin.words, the word boundaries whole-word masking "
                         "reads (Chinese words by the jieba segmenter)")
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     prepare_corpus(args.inputs, args.out_dir, vocab_size=args.vocab_size, text_field=args.text_field,
                    val_ratio=args.val_ratio, tokenizer_path=args.tokenizer, seed=args.seed,
                    chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length,
+                   prefix_field=args.prefix_field,
                    min_chars=args.min_chars, text_unit=args.text_unit, word_starts=args.word_starts)
     return 0
 

@@ -42,13 +42,17 @@ def _text_records(path: str, start: int, unit: str):
 
 
 def iter_records(path: str, start: int = 0, text_field: str = "text", max_chars: int = 10_000_000,
-                 min_chars: int = 1, text_unit: str = "paragraph"):
+                 min_chars: int = 1, text_unit: str = "paragraph", prefix_field=None):
     """(text, reason, offset after, bytes read) for every record of `path` from byte `start`:
-    text is None when the record is rejected, and reason says why."""
+    text is None when the record is rejected, and reason says why. prefix_field (JSONL): each text
+    is a data.jsonl.PrefixedText, the prompt under that field followed by the text."""
     if is_plain_text(path):
+        if prefix_field is not None:
+            raise DataError(f"{path}: --prefix_field reads a prompt field of JSONL records; a plain-text file has none")
         records = _text_records(path, start, text_unit)
     else:
-        records = ((*parse_line(raw, text_field, max_chars), offset, len(raw)) for raw, offset in iter_lines(path, start))
+        records = ((*parse_line(raw, text_field, max_chars, prefix_field), offset, len(raw))
+                   for raw, offset in iter_lines(path, start))
     for text, reason, offset, size in records:
         if text is not None:
             if "\x00" in text:

@@ -23,12 +23,14 @@ def masker_for(cfg, tokenizer, eval_mode: bool) -> MLMMasker:
                      mask_token_frac=d.mask_token_frac, random_token_frac=d.random_token_frac)
 
 
-def make_windows(token_bin, seq_len: int, objective: str, masker=None, document_mask: bool = False):
+def make_windows(token_bin, seq_len: int, objective: str, masker=None, document_mask: bool = False,
+                 prompt_lengths=None):
+    """prompt_lengths (plm with document_mask): each document's prompt is its prefix."""
     documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
     if objective == "clm":
         return CausalWindows(token_bin, seq_len, documents)
     if objective == "plm":
-        return PrefixWindows(token_bin, seq_len, documents)
+        return PrefixWindows(token_bin, seq_len, documents, prompt_lengths)
     return MaskedWindows(token_bin, seq_len, masker, documents)
 
 

@@ -13,6 +13,7 @@ from tqdm import tqdm
 import checkpoint as ckpt
 from data.datasets import SampleOrder, TokenBin
 from data.hf_tokenizer import save_roles
+from data.prefix_split import prefix_lengths
 from data.tokenizer import load_tokenizer
 from data.word_starts import WordStarts
 from model import LMConfig, Transformer
@@ -147,14 +148,22 @@ class Trainer:
         masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
         documents = self.model_config.document_mask
-        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents)
+        train_prompts = val_prompts = None
+        if cfg.data.prefix_field:  # each document's own prompt is its prefix
+            if objective != "plm" or not documents:
+                raise ConfigError("data.prefix_field makes each document's prompt its prefix: it needs "
+                                  "model.objective plm and model.document_mask true")
+            train_prompts = prefix_lengths(train_bin.path, cfg.data.prefix_field)
+            val_prompts = val_bin and prefix_lengths(val_bin.path, cfg.data.prefix_field)
+        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents, train_prompts)
         if cfg.data.whole_word_mask:
             if objective != "mlm":
                 raise ConfigError(f"data.whole_word_mask is for masked models (model.objective mlm), not {objective}")
             self.train_windows.word_starts = WordStarts(train_bin, self.tokenizer)
         # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
         no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
-        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents)
+        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents,
+                                                                   val_prompts)
         for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
             if windows is not None and len(windows) == 0:
                 raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
