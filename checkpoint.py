@@ -20,10 +20,20 @@ Format 2:
                            scheduler, scaler, progress, rng (a list, one per rank),
                            early_stopping, nan_guard, ...
 
+A sharded checkpoint (--fsdp) is a directory NAME.dcp written by every rank at once:
+    meta.pth               this same dict, each sharded tensor replaced by a marker
+                           {"__shard__": key, "shape": [...], "dtype": "float32"}; read with weights_only=True
+    .metadata, __R_0.distcp  torch.distributed.checkpoint's files holding those tensors by key (rank R's
+                           shards), which DCP reads back into any other world size
+It is written under a temporary name and renamed once complete, so it too exists whole or not at all.
+`load_checkpoint` reads one as full tensors, so everything that reads a .pth reads a .dcp; DCP reads its
+.metadata file with pickle, so load sharded checkpoints only from sources you trust.
+
 Inference, export, evaluation and tests load through `load_for_inference`."""
 import glob
 import os
 import re
+import shutil
 import warnings
 
 import torch
@@ -33,9 +43,12 @@ from utils import UserError, atomic_write
 FORMAT = 2
 META_KEYS = ("format", "kind", "step", "model_config", "config", "tokenizer", "tokenizer_roles",
              "tokenizer_fingerprint", "evaluated", "vocab_expansion")
-CHECKPOINT_RE = re.compile(r"checkpoint_step_(\d+)\.pth$")
+CHECKPOINT_RE = re.compile(r"checkpoint_step_(\d+)\.(?:pth|dcp)$")
 INTERRUPTED = "checkpoint_interrupted.pth"
 BEST = "best.pth"
+SHARDED = ".dcp"
+SHARD_META = "meta.pth"
+MARKER = "__shard__"
 
 
 class CheckpointError(UserError):
@@ -46,14 +59,18 @@ class CheckpointError(UserError):
 def write(path: str, parts: dict, *, kind: str, step: int, model_config: dict, config: dict, tokenizer,
           evaluated: str, vocab_expansion=None) -> None:
     """Write parts ({name: state_dict}) and the metadata as one checkpoint file, atomically."""
+    atomic_save(_with_meta(parts, kind=kind, step=step, model_config=model_config, config=config,
+                           tokenizer=tokenizer, evaluated=evaluated, vocab_expansion=vocab_expansion), path)
+
+
+def _with_meta(parts: dict, *, kind, step, model_config, config, tokenizer, evaluated, vocab_expansion) -> dict:
     clash = sorted(set(parts) & set(META_KEYS))
     if clash:
         raise ValueError(f"part names {clash} clash with checkpoint metadata keys")
-    state = {"format": FORMAT, "kind": kind, "step": int(step), "model_config": dict(model_config),
-             "config": config, "tokenizer": tokenizer.backend.to_str(), "tokenizer_roles": tokenizer.roles_state(),
-             "tokenizer_fingerprint": tokenizer.fingerprint(), "evaluated": evaluated,
-             "vocab_expansion": vocab_expansion, **parts}
-    atomic_save(state, path)
+    return {"format": FORMAT, "kind": kind, "step": int(step), "model_config": dict(model_config),
+            "config": config, "tokenizer": tokenizer.backend.to_str(), "tokenizer_roles": tokenizer.roles_state(),
+            "tokenizer_fingerprint": tokenizer.fingerprint(), "evaluated": evaluated,
+            "vocab_expansion": vocab_expansion, **parts}
 
 
 def atomic_save(obj, path: str) -> None:
@@ -73,9 +90,21 @@ def _tensors(obj):
             yield from _tensors(v)
 
 
+def write_sharded(path: str, parts: dict, *, kind: str, step: int, model_config: dict, config: dict, tokenizer,
+                  evaluated: str, vocab_expansion=None) -> None:
+    """A collective: every rank calls it with its own parts (DTensor shards); writes the directory path."""
+    from checkpoint_sharded import write
+    write(path, _with_meta(parts, kind=kind, step=step, model_config=model_config, config=config,
+                           tokenizer=tokenizer, evaluated=evaluated, vocab_expansion=vocab_expansion))
+
+
 # ---- reading ---------------------------------------------------------------------------------------
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """The checkpoint dict, or one CheckpointError line saying what is wrong with the file."""
+    """The checkpoint dict, or one CheckpointError line saying what is wrong with the file.
+    A sharded checkpoint (directory) comes back whole, as the single file would hold it."""
+    if is_sharded(path):
+        from checkpoint_sharded import read_full
+        return read_full(path)
     if os.path.isdir(path):
         found = sorted(os.path.basename(p) for p in glob.glob(os.path.join(path, "*.pth")))
         hint = f"it holds {', '.join(found[:4])}" if found else "it holds no .pth checkpoint"
@@ -95,6 +124,43 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} has checkpoint format {state.get('format')!r}; this version reads format "
                               f"{FORMAT} only (retrain, or use the version of this code that wrote it)")
     return state
+
+
+def load_for_resume(path: str, live: dict, map_location="cpu") -> dict:
+    """The checkpoint (a file or a sharded directory) laid out as the running parts' live state
+    ({name: state_dict}): under FSDP each tensor arrives as this rank's shard, at any world size
+    the checkpoint was written with. A collective under a process group."""
+    from checkpoint_sharded import place_like, read_into
+    if is_sharded(path):
+        return read_into(path, live)
+    return place_like(load_checkpoint(path, map_location), live)
+
+
+def to_single_file(src: str, dst: str) -> None:
+    """A sharded checkpoint directory as one file (what inference, export and evaluation read)."""
+    if not is_sharded(src):
+        raise CheckpointError(f"{src} is not a sharded checkpoint (a .dcp directory holding {SHARD_META})")
+    atomic_save(load_checkpoint(src), dst)
+
+
+def to_sharded(src: str, dst: str) -> None:
+    """One checkpoint file as a sharded directory, which any number of --fsdp ranks resume."""
+    if is_sharded(src) or not dst.endswith(SHARDED):
+        raise CheckpointError(f"shard takes a .pth checkpoint and a new {SHARDED} directory name, got {src} -> {dst}")
+    from checkpoint_sharded import to_sharded as write_from
+    write_from(src, dst)
+
+
+def full_tensors(obj):
+    """obj with every DTensor gathered whole (a collective: every rank must call it); plain
+    tensors are returned as they are."""
+    if hasattr(obj, "full_tensor"):
+        return obj.full_tensor()
+    if isinstance(obj, dict):
+        return {k: full_tensors(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(full_tensors(v) for v in obj)
+    return obj
 
 
 def tokenizer_of(state: dict):
@@ -168,7 +234,7 @@ def load_for_inference(path: str, ema=None, device="cpu", say=None) -> tuple:
 def step_checkpoints(run_dir: str) -> list:
     """[(step, path)] of checkpoint_step_N.pth files, oldest first."""
     found = []
-    for p in glob.glob(os.path.join(run_dir, "checkpoint_step_*.pth")):
+    for p in glob.glob(os.path.join(run_dir, "checkpoint_step_*")):
         m = CHECKPOINT_RE.search(p)
         if m:
             found.append((int(m.group(1)), p))
@@ -179,23 +245,46 @@ def latest_checkpoint(run_dir: str):
     """The checkpoint holding the most progress: the highest step among checkpoint_step_N.pth and
     checkpoint_interrupted.pth (the interrupted one wins a tie, it is written later)."""
     candidates = step_checkpoints(run_dir)
-    interrupted = os.path.join(run_dir, INTERRUPTED)
-    if os.path.isfile(interrupted):
+    for interrupted in interrupted_checkpoints(run_dir):
         try:
-            step = torch.load(interrupted, map_location="cpu", weights_only=True, mmap=True)["step"]
+            file = os.path.join(interrupted, SHARD_META) if is_sharded(interrupted) else interrupted
+            step = torch.load(file, map_location="cpu", weights_only=True, mmap=True)["step"]
             candidates.append((step + 0.5, interrupted))
         except Exception:
             pass  # an unreadable interrupted file must not hide the good step checkpoints
     return max(candidates)[1] if candidates else None
 
 
-def prune_checkpoints(run_dir: str, keep_last: int) -> None:
-    for _, path in step_checkpoints(run_dir)[:-keep_last]:
+def interrupted_checkpoints(run_dir: str) -> list:
+    """checkpoint_interrupted.pth and / or its sharded form, where present."""
+    names = (INTERRUPTED, sharded_name(INTERRUPTED))
+    return [p for p in (os.path.join(run_dir, n) for n in names) if os.path.exists(p)]
+
+
+def sharded_name(name: str) -> str:
+    """checkpoint_step_N.pth -> checkpoint_step_N.dcp"""
+    return os.path.splitext(name)[0] + SHARDED
+
+
+def is_sharded(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, SHARD_META))
+
+
+def remove(path: str) -> None:
+    """Delete a checkpoint file or a sharded checkpoint directory."""
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    else:
         os.remove(path)
 
 
+def prune_checkpoints(run_dir: str, keep_last: int) -> None:
+    for _, path in step_checkpoints(run_dir)[:-keep_last]:
+        remove(path)
+
+
 def remove_run_checkpoints(run_dir: str) -> int:
-    paths = [p for _, p in step_checkpoints(run_dir)] + glob.glob(os.path.join(run_dir, INTERRUPTED))
+    paths = [p for _, p in step_checkpoints(run_dir)] + interrupted_checkpoints(run_dir)
     for p in paths:
-        os.remove(p)
+        remove(p)
     return len(paths)

@@ -4,6 +4,8 @@
     python convert.py to_hf CKPT OUT_DIR [--ema]        # our checkpoint -> a directory transformers loads
     python convert.py to_hf CKPT OUT_DIR --format native   # our own layout (safetensors + our config)
     python convert.py expand_vocab --model_path CKPT --out OUT.pth (--tokens words.txt | --mine corpus.jsonl --top 500)
+    python convert.py unshard CKPT.dcp OUT.pth          # a sharded (--fsdp) checkpoint -> one file
+    python convert.py shard CKPT.pth OUT.dcp            # one file -> a sharded checkpoint (any world size)
 
 from_hf reads config.json, model.safetensors (or pytorch_model.bin, read with weights_only=True;
 sharded files through their index) and the tokenizer (tokenizer.json or vocab.txt with its special
@@ -234,6 +236,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--top", type=int, default=500, help="with --mine: how many words to add")
     c.add_argument("--min_count", type=int, default=5, help="with --mine: least occurrences of a word")
     c.add_argument("--text_field", default="text")
+    for name, what in (("unshard", "a sharded checkpoint directory (.dcp) -> one .pth file"),
+                       ("shard", "a .pth checkpoint -> a sharded checkpoint directory (.dcp)")):
+        d = sub.add_parser(name, help=what)
+        d.add_argument("checkpoint")
+        d.add_argument("out")
     return p
 
 
@@ -259,6 +266,10 @@ def main(argv=None) -> int:
             tokenizer = checkpoint.tokenizer_of(checkpoint.load_checkpoint(args.model_path))
             words = mine_words(args.mine, tokenizer, args.top, args.min_count, args.text_field)
         expand_vocab(args.model_path, args.out, words, say=print)
+    elif args.command in ("shard", "unshard"):
+        check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "output directory")
+        (checkpoint.to_sharded if args.command == "shard" else checkpoint.to_single_file)(args.checkpoint, args.out)
+        print(f"wrote {args.out}")
     return 0
 
 

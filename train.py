@@ -3,6 +3,7 @@
     python train.py                                   # the embedded default (config.yaml)
     python train.py --config config.yaml --batch_size 64 --lr_scheduler polynomial --use_ema
     torchrun --nproc_per_node=4 train.py --config config.yaml --ddp
+    torchrun --nproc_per_node=4 train.py --config config.yaml --fsdp    # sharded model and checkpoints
     python train.py --config config.yaml --resume [--resume_from out/<run>/checkpoint_step_N.pth]
 """
 import os
@@ -22,7 +23,8 @@ def main(argv=None) -> int:
     if "OMP_NUM_THREADS" not in os.environ:  # the user's setting wins; else share the cores between ranks
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     check_outputs(cfg)
-    info, device = distributed.setup(cfg.train.ddp, cfg.train.device)
+    info, device = distributed.setup(cfg.train.ddp or cfg.train.fsdp, cfg.train.device,
+                                     flag="--fsdp" if cfg.train.fsdp else "--ddp")
     try:
         from training.loop import Trainer, TrainingStopped
         trainer = Trainer(cfg, info, device)

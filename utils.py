@@ -105,7 +105,8 @@ def write_json_atomic(path: str, obj) -> None:
 
 
 def remove_stale_temporaries(directory: str) -> int:
-    """Delete the `.<name>.tmp-<pid>` files of atomic writes killed midway (their process is gone)."""
+    """Delete the `.<name>.tmp-<pid>` files (and sharded-checkpoint directories) of atomic writes
+    killed midway (their process is gone)."""
     removed = 0
     if not os.path.isdir(directory):
         return 0
@@ -115,7 +116,8 @@ def remove_stale_temporaries(directory: str) -> int:
             continue
         if int(pid) != os.getpid() and not _pid_alive(int(pid)):
             try:
-                os.remove(os.path.join(directory, name))
+                stale = os.path.join(directory, name)
+                shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)
                 removed += 1
             except OSError:
                 pass

@@ -102,8 +102,28 @@ def losses(run_dir):
     return {r["step"]: r["loss"] for r in read_metrics(run_dir)}
 
 
-def start_and_signal(cmd, run_dir, at_step, sig):
-    """Start a training process and send `sig` once it has logged step `at_step`."""
+def descendants(pid):
+    """pid and every process below it (torchrun starts its ranks in sessions of their own)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo.extend(children.get(p, []))
+    return found
+
+
+def start_and_signal(cmd, run_dir, at_step, sig, tree=False):
+    """Start a training process and send `sig` once it has logged step `at_step`; tree: to it and
+    every process it started (torchrun and all its ranks at once, as when a machine dies)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -112,7 +132,11 @@ def start_and_signal(cmd, run_dir, at_step, sig):
             break
         time.sleep(0.005)
     assert proc.poll() is None, f"finished before the signal:\n{proc.stderr.read()[-2000:]}"
-    os.kill(proc.pid, sig)
+    for pid in descendants(proc.pid) if tree else [proc.pid]:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
     out, err = proc.communicate(timeout=120)
     return proc.returncode, out, err
 

@@ -27,16 +27,17 @@ class DistInfo:
         return self.world_size > 1
 
 
-def setup(ddp_flag: bool, device_name: str) -> tuple:
-    """Return (DistInfo, device). Refuses the silent mistakes: --ddp without torchrun (one process
-    would think it is a whole cluster), several torchrun processes without --ddp (each would train
-    its own copy), and a --device that --ddp cannot honour (it would fall back to CPU)."""
+def setup(ddp_flag: bool, device_name: str, flag: str = "--ddp") -> tuple:
+    """Return (DistInfo, device). Refuses the silent mistakes: --ddp (or --fsdp, named by flag)
+    without torchrun (one process would think it is a whole cluster), several torchrun processes
+    without --ddp (each would train its own copy), and a --device that --ddp cannot honour (it would
+    fall back to CPU)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     under_torchrun = "RANK" in os.environ and "LOCAL_RANK" in os.environ
     if ddp_flag and not under_torchrun:
-        raise ConfigError("--ddp needs torchrun: torchrun --nproc_per_node=N train.py --ddp ...")
+        raise ConfigError(f"{flag} needs torchrun: torchrun --nproc_per_node=N train.py {flag} ...")
     if world > 1 and not ddp_flag:
-        raise ConfigError(f"started by torchrun with {world} processes but without --ddp; add --ddp "
+        raise ConfigError(f"started by torchrun with {world} processes but without --ddp; add --ddp or --fsdp "
                           "(otherwise every process would train its own copy)")
     if not ddp_flag:
         return DistInfo(), check_device(device_name)
@@ -56,7 +57,7 @@ def _rank_device(name: str, local_rank: int) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name != "cuda":
-        raise ConfigError(f"--device {name} with --ddp: each rank uses cuda:<LOCAL_RANK>, so pass --device cuda "
+        raise ConfigError(f"--device {name} with --ddp/--fsdp: each rank uses cuda:<LOCAL_RANK>, so pass --device cuda "
                           "(choose GPUs with CUDA_VISIBLE_DEVICES) or --device cpu")
     check_device("cuda")
     if local_rank >= torch.cuda.device_count():

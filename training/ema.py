@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights, kept in fp32 beside the model.
+"""Exponential moving average of the weights, kept in fp32 beside the model (under FSDP each rank
+keeps the averages of its own shards: the shadows are DTensors sharded as the weights are).
 
 State: `state_dict()` holds only name -> fp32 tensor, under the model's own state-dict names, so a
 checkpoint's "ema" entry loads with torch.load(weights_only=True) and drops straight into
@@ -39,7 +40,9 @@ class EMA:
         self.shadow, first = {}, {}
         for name, t in tensors.items():
             # Names that alias one tensor (tied weights) share one shadow, averaged once.
-            key = (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype)
+            # A DTensor (FSDP) shard holds the pointer; an empty shard has none and aliases nothing.
+            local = t.to_local() if hasattr(t, "to_local") else t
+            key = (local.data_ptr() or id(t), tuple(t.shape), t.stride(), t.dtype)
             if key in first:
                 self.shadow[name] = self.shadow[first[key]]
             else:

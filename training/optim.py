@@ -65,3 +65,22 @@ def build_optimizer(model: nn.Module, t, device: torch.device) -> torch.optim.Op
 def is_fused(optimizer: torch.optim.Optimizer) -> bool:
     """Fused Adam(W) honours optimizer.found_inf: it can skip a step without the host looking."""
     return bool(optimizer.defaults.get("fused"))
+
+
+@torch.no_grad()
+def allocate_state(optimizer: torch.optim.Optimizer) -> None:
+    """Create the optimizer's state tensors (placed and sharded like their parameters) so that a
+    checkpoint can be read into them in place, as DCP does. One step with zero gradients at
+    learning rate 0 leaves every parameter bit-identical; the loaded state then replaces it all."""
+    if optimizer.state:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    rates = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, rates):
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)

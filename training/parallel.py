@@ -1,16 +1,19 @@
 """How the model is spread over processes, by name: `parallelize(model, cfg, info, device)` wraps
 the model and gives the loop what differs between strategies (skipping gradient sync on
-intermediate micro-steps, clipping the gradient norm). A new strategy (FSDP) is one new entry."""
+intermediate micro-steps, clipping the gradient norm). A new strategy is one new entry."""
 import contextlib
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
+
+from utils import resolve_dtype
 
 
 class SingleProcess:
     """One process, the model as it is."""
 
     name = "single"
+    sharded = False  # True: each rank holds only a shard of the state (checkpoints are sharded too)
 
     def __init__(self, model, device):
         self.model = model
@@ -40,13 +43,56 @@ class DataParallel(SingleProcess):
         return torch.nn.utils.clip_grad_norm_(self.raw.parameters(), max_norm)  # grads are already averaged
 
 
-STRATEGIES = {"single": SingleProcess, "ddp": DataParallel}
+class FullyShardedDataParallel(SingleProcess):
+    """FSDP2 (fully_shard): each block, then the whole model (embeddings, final norm, head), is
+    sharded over the ranks; parameters, gradients, optimizer state and EMA live as DTensor shards.
+    A block's parameters are gathered for its forward and backward and freed after; gradients are
+    reduce-scattered (averaged, in float32) on the last micro-step only. Under --dtype bfloat16 /
+    float16 the gathered parameters are cast to that dtype (the shards stay float32)."""
+
+    name = "fsdp"
+    sharded = True  # checkpoints go through torch.distributed.checkpoint, one shard per rank
+
+    def __init__(self, model, device, dtype=torch.float32):
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        policy = MixedPrecisionPolicy(param_dtype=None if dtype == torch.float32 else dtype,
+                                      reduce_dtype=torch.float32)
+        for layer in model.layers:
+            fully_shard(layer, mp_policy=policy)
+        fully_shard(model, mp_policy=policy)  # in place: the model's class now also is an FSDPModule
+        self.model = model
+
+    def no_sync(self, last_micro_step: bool):
+        self.model.set_requires_gradient_sync(last_micro_step)
+        return contextlib.nullcontext()
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        # Each rank holds a shard of every gradient: the norm of the shards is a partial sum that
+        # full_tensor() completes over the ranks before every shard is scaled by the same factor.
+        from torch.distributed.tensor import DTensor
+
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if isinstance(norm, DTensor):
+            norm = norm.full_tensor()
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+        return norm
+
+
+STRATEGIES = {"single": SingleProcess, "ddp": DataParallel, "fsdp": FullyShardedDataParallel}
 
 
 def strategy_name(cfg, info) -> str:
-    # torchrun --nproc_per_node=1 --ddp has nothing to synchronise: plain single-process training.
-    return "ddp" if cfg.train.ddp and info.enabled else "single"
+    # torchrun --nproc_per_node=1 --ddp (or --fsdp) has nothing to synchronise or shard: plain
+    # single-process training.
+    if not info.enabled:
+        return "single"
+    return "fsdp" if getattr(cfg.train, "fsdp", False) else "ddp" if cfg.train.ddp else "single"
 
 
 def parallelize(model, cfg, info, device):
-    return STRATEGIES[strategy_name(cfg, info)](model, device)
+    name = strategy_name(cfg, info)
+    if name == "fsdp":
+        return FullyShardedDataParallel(model, device, resolve_dtype(cfg.train.dtype, device))
+    return STRATEGIES[name](model, device)

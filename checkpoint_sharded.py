@@ -1,0 +1,181 @@
+"""The sharded checkpoint layout (described in checkpoint.py, which is the way in): a directory
+NAME.dcp with meta.pth (the checkpoint dict, each sharded tensor replaced by a marker) and
+torch.distributed.checkpoint's files holding those tensors, one shard file per writing rank."""
+import os
+import shutil
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from checkpoint import MARKER, SHARD_META, CheckpointError, atomic_save, load_checkpoint
+from utils import OutputError
+
+# Converting a single file: the tensors that grow with the model go to DCP, small ones stay in meta.pth.
+BULK_PARTS = ("model", "ema", "optimizer")
+
+
+def _split(obj, shard, path=()):
+    """(obj with each tensor that shard(path, tensor) picks replaced by a marker, {key: tensor})."""
+    if isinstance(obj, torch.Tensor) and shard(path, obj):
+        key = "/".join(map(str, path))
+        return {MARKER: key, "shape": list(obj.shape), "dtype": str(obj.dtype).removeprefix("torch.")}, {key: obj}
+    if isinstance(obj, dict):
+        out, tensors = {}, {}
+        for k, v in obj.items():
+            out[k], found = _split(v, shard, path + (k,))
+            tensors.update(found)
+        return out, tensors
+    if isinstance(obj, (list, tuple)):
+        pairs = [_split(v, shard, path + (i,)) for i, v in enumerate(obj)]
+        tensors = {k: t for _, found in pairs for k, t in found.items()}
+        return type(obj)(p for p, _ in pairs), tensors
+    return obj, {}
+
+
+def _markers(obj, path=()):
+    if isinstance(obj, dict) and MARKER in obj:
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _markers(v, path + (k,))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _markers(v, path + (i,))
+
+
+def _fill(obj, tensors):
+    if isinstance(obj, dict) and MARKER in obj:
+        return tensors[obj[MARKER]]
+    if isinstance(obj, dict):
+        return {k: _fill(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_fill(v, tensors) for v in obj)
+    return obj
+
+
+def _at(obj, path):
+    for k in path:
+        if isinstance(obj, dict) and k in obj:
+            obj = obj[k]
+        elif isinstance(obj, (list, tuple)) and isinstance(k, int) and k < len(obj):
+            obj = obj[k]
+        else:
+            return None
+    return obj
+
+
+def _is_dtensor(path, t) -> bool:
+    return isinstance(t, DTensor)
+
+
+def _is_bulk(path, t) -> bool:
+    return path[0] in BULK_PARTS and t.dim() > 0
+
+
+# ---- writing ---------------------------------------------------------------------------------------
+def write(path: str, state: dict, shard=_is_dtensor) -> None:
+    """Write state as the directory path: a collective when a process group is up (each rank writes
+    its shards), else one process. Built under a temporary name that rank 0 renames once every
+    rank's shards, DCP's metadata and meta.pth are on disk, so path is complete or absent."""
+    skeleton, tensors = _split(state, shard)
+    distributed = dist.is_initialized()
+    main = not distributed or dist.get_rank() == 0
+    pid = [os.getpid()]
+    if distributed:  # one temporary name for all ranks, carrying rank 0's pid for stale clean-up
+        dist.broadcast_object_list(pid, src=0)
+    directory, name = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(directory, f".{name}.tmp-{pid[0]}")
+    try:
+        with warnings.catch_warnings():  # DCP warns when one process writes without a process group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.save(tensors, checkpoint_id=tmp, no_dist=not distributed)
+        if main:
+            atomic_save(skeleton, os.path.join(tmp, SHARD_META))
+            _replace(tmp, path)
+    except OutputError:
+        raise
+    except Exception as e:  # DCP wraps a rank's failure (a full disk...) in its own exception
+        raise OutputError(f"cannot write the sharded checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    finally:
+        if main and os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        if distributed:
+            dist.barrier()  # no rank moves on (or reads it) before the rename
+
+
+def _replace(tmp: str, path: str) -> None:
+    """Rename the finished directory into place; an older one of that name is set aside first
+    (a directory cannot be renamed over a non-empty one) and removed after."""
+    directory, name = os.path.split(os.path.abspath(path))
+    old = os.path.join(directory, f".{name}.old.tmp-{os.getpid()}")
+    if os.path.exists(path):
+        os.rename(path, old)
+    os.rename(tmp, path)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- reading ---------------------------------------------------------------------------------------
+def read_meta(path: str) -> dict:
+    return load_checkpoint(os.path.join(path, SHARD_META))
+
+
+def _load(path: str, dests: dict, no_dist: bool) -> None:
+    try:
+        with warnings.catch_warnings():  # DCP warns that one process reads without a process group
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load(dests, checkpoint_id=path, no_dist=no_dist)
+    except Exception as e:
+        raise CheckpointError(f"{path}: its shard files are missing, cut or do not fit "
+                              f"({str(e).splitlines()[0][:160] or type(e).__name__})") from None
+
+
+def _empty(marker) -> torch.Tensor:
+    return torch.empty(marker["shape"], dtype=getattr(torch, marker["dtype"]))
+
+
+def read_full(path: str) -> dict:
+    """The whole checkpoint as one process sees a single file: every tensor full, on the CPU."""
+    meta = read_meta(path)
+    dests = {m[MARKER]: _empty(m) for _, m in _markers(meta)}
+    _load(path, dests, no_dist=True)
+    return _fill(meta, dests)
+
+
+def read_into(path: str, live: dict) -> dict:
+    """The checkpoint with each saved tensor read into the run's live tensor at the same place
+    (a DTensor gets only its own shard, whatever world size wrote it). A collective under a
+    process group. Tensors the run has no counterpart for come back full."""
+    meta = read_meta(path)
+    dests = {}
+    for where, m in _markers(meta):
+        target = _at(live, where)
+        fits = isinstance(target, torch.Tensor) and list(target.shape) == m["shape"]
+        dests[m[MARKER]] = target if fits else _empty(m)
+    _load(path, dests, no_dist=not dist.is_initialized())
+    return _fill(meta, dests)
+
+
+def place_like(state, live):
+    """A single file's full tensors, each cut to this rank's shard where the live tensor at the
+    same place is a DTensor (every rank holds the same file, so no communication is needed)."""
+    if isinstance(live, DTensor) and isinstance(state, torch.Tensor) and state.shape == live.shape:
+        return distribute_tensor(state.to(live.dtype), live.device_mesh, live.placements, src_data_rank=None)
+    if isinstance(state, dict) and isinstance(live, dict):
+        return {k: place_like(v, live.get(k)) for k, v in state.items()}
+    if isinstance(state, (list, tuple)) and isinstance(live, (list, tuple)) and len(state) == len(live):
+        return type(state)(place_like(s, lv) for s, lv in zip(state, live))
+    return state
+
+
+# ---- converting ------------------------------------------------------------------------------------
+def to_sharded(src: str, dst: str) -> None:
+    """A single file as a sharded checkpoint (one writer); any world size reads it back."""
+    write(dst, load_checkpoint(src), shard=_is_bulk)
