@@ -77,6 +77,7 @@ class TrainConfig:
     max_nan_steps: int = 5                # this many non-finite losses in a row stop the run
     compile: bool = False
     ddp: bool = False
+    fsdp: bool = False                    # under torchrun: shard the model, gradients and optimizer (FSDP2)
     resume: bool = False
     resume_from: Optional[str] = None
     init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
@@ -313,6 +314,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.warmup ({t.warmup:g} steps) must be shorter than the run (max_steps {t.max_steps})")
     if not 0 < t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
+    if t.ddp and t.fsdp:
+        raise ConfigError("--ddp and --fsdp are two ways to spread one run over processes; pass one")
+    if t.fsdp and t.trainable == "new_embeddings":
+        raise ConfigError("train.trainable new_embeddings freezes rows inside a tensor, which --fsdp shards; "
+                          "train it with --ddp or in one process")
     if t.resume and t.force_fresh:
         raise ConfigError("--resume and --force-fresh contradict each other; pass one")
     if not 0 <= d.val_ratio < 1:

@@ -25,7 +25,7 @@ from training.ema import EMA
 from training.freeze import Freezer
 from training.init_from import InitSource
 from training.metrics import MetricsLogger
-from training.optim import build_optimizer, is_fused
+from training.optim import allocate_state, build_optimizer, is_fused
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
 from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
@@ -86,6 +86,11 @@ class Trainer:
         new_rows = None if self.expansion is None else (self.expansion["new_rows_from"], self.tokenizer.vocab_size)
         self.freezer = Freezer(self.raw_model, t.trainable, new_rows)
         self.say(f"--trainable {t.trainable}: {self.freezer.describe()}")
+        if t.compile:
+            self.raw_model.compile_blocks()
+        # Before the optimizer and EMA see the parameters: FSDP replaces them by their shards.
+        self.parallel = parallelize(self.raw_model, cfg, info, device)
+        self.model = self.parallel.model
         self.optimizer = build_optimizer(self.raw_model, t, device)
         self.scheduler = LRScheduler(self.optimizer, base_lr=t.learning_rate, min_lr=t.min_lr,
                                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
@@ -107,10 +112,6 @@ class Trainer:
         else:
             seed_everything(t.seed + info.rank)  # dropout streams differ per rank
 
-        if t.compile:
-            self.raw_model.compile_blocks()
-        self.parallel = parallelize(self.raw_model, cfg, info, device)
-        self.model = self.parallel.model
         self.peak_flops = peak_flops(device, t.peak_flops)
         self.head_fraction = head_fraction(self.model_config.objective, cfg.data.mask_rate)
         if info.is_main:
@@ -209,15 +210,21 @@ class Trainer:
             if path is None:
                 raise ConfigError(f"--resume: no checkpoint in {self.run_dir}; drop --resume to start a new run")
             return path
-        if self.info.is_main and (ckpt.step_checkpoints(self.run_dir) or
-                                  os.path.exists(os.path.join(self.run_dir, ckpt.INTERRUPTED))):
+        if self.info.is_main and (ckpt.step_checkpoints(self.run_dir) or ckpt.interrupted_checkpoints(self.run_dir)):
             if not t.force_fresh:
                 raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue "
                                   "or --force-fresh to start over (its checkpoints will be removed)")
         return None
 
+    def _read_resume(self, path) -> dict:
+        if not (self.parallel.sharded or ckpt.is_sharded(path)):
+            return ckpt.load_checkpoint(path, map_location=self.device)
+        # Sharded on either side: each saved tensor is read into (or cut to) this rank's live one.
+        allocate_state(self.optimizer)
+        return ckpt.load_for_resume(path, self.parts.state_dicts(), map_location=self.device)
+
     def _resume(self, path):
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        state = self._read_resume(path)
         if state.get("kind") != "train":
             raise ckpt.CheckpointError(f"cannot resume {path}: it holds weights only (best.pth); resume from a "
                                        "checkpoint_step_N.pth or checkpoint_interrupted.pth")
@@ -277,17 +284,25 @@ class Trainer:
             f.writelines(json.dumps(r) + "\n" for r in keep)
 
     # ---- checkpoints ----------------------------------------------------------------------
+    def _meta(self, kind: str) -> dict:
+        return dict(kind=kind, step=self.step, model_config=self.model_config.to_dict(), config=self.cfg.to_dict(),
+                    tokenizer=self.tokenizer, evaluated="ema" if self.ema is not None else "model",
+                    vocab_expansion=self.expansion)
+
     def _write(self, path: str, parts: dict, kind: str) -> None:
-        ckpt.write(path, parts, kind=kind, step=self.step, model_config=self.model_config.to_dict(),
-                   config=self.cfg.to_dict(), tokenizer=self.tokenizer,
-                   evaluated="ema" if self.ema is not None else "model", vocab_expansion=self.expansion)
+        ckpt.write(path, parts, **self._meta(kind))
 
     def save(self, name: str) -> str:
-        """Write every part (a collective: each rank gives its RNG state); rank 0 writes the file."""
+        """Write every part (a collective: each rank gives its RNG state); rank 0 writes the file,
+        or, sharded (FSDP), every rank writes its shards of name's .dcp directory."""
         states = self.parts.state_dicts()
         path = os.path.join(self.run_dir, name)
-        if self.info.is_main:
+        if self.parallel.sharded:
+            path = os.path.join(self.run_dir, ckpt.sharded_name(name))
+            ckpt.write_sharded(path, states, **self._meta(kind="train"))
+        elif self.info.is_main:
             self._write(path, states, kind="train")
+        if self.info.is_main:
             ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
         barrier(self.info)
         return path
@@ -296,7 +311,9 @@ class Trainer:
         weights = {"model": self.raw_model.state_dict(), "progress": self.progress.state_dict()}
         if self.ema is not None:
             weights["ema"] = self.ema.state_dict()
-        self._write(os.path.join(self.run_dir, ckpt.BEST), weights, kind="weights")
+        weights = ckpt.full_tensors(weights)  # under FSDP every rank gives its shards
+        if self.info.is_main:
+            self._write(os.path.join(self.run_dir, ckpt.BEST), weights, kind="weights")
 
     # ---- one optimizer step ---------------------------------------------------------------
     def autocast(self):
@@ -367,8 +384,7 @@ class Trainer:
             metrics = evaluate(self.raw_model, self.val_windows, t.batch_size, t.eval_batches,
                                self.bytes_per_token, self.info, self.device, self.autocast())
         if self.early.observe(metrics["val_loss"], self.step):
-            if self.info.is_main:
-                self.save_best()
+            self.save_best()
             self.say(f"step {self.step}: new best validation loss {metrics['val_loss']:.4f}, saved best.pth")
         elif self.early.enabled:
             self.say(f"step {self.step}: no improvement {self.early.bad_evals}/{self.early.patience} "
@@ -451,9 +467,8 @@ class Trainer:
                 bar.close()
                 self.logger.close()
         if outcome != "interrupted" and info.is_main:
-            stale = os.path.join(self.run_dir, ckpt.INTERRUPTED)
-            if os.path.exists(stale):
-                os.remove(stale)
+            for stale in ckpt.interrupted_checkpoints(self.run_dir):
+                ckpt.remove(stale)
         return {"outcome": outcome, "step": self.step, "best_val_loss": self.early.best_loss,
                 "best_step": self.early.best_step, "skipped_steps": self.nan_guard.total,
                 "seconds": time.perf_counter() - started, "run_dir": self.run_dir,
