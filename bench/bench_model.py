@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from model.hf.llama import LLAMA  # noqa: E402
+from training.throughput import mfu  # noqa: E402
 
 VOCAB, DIM, LAYERS, HEADS, SEQ, BATCH = 8192, 256, 4, 4, 128, 32
 
@@ -123,7 +124,7 @@ def main():
         head_fraction = 1.0 if objective == "clm" else float((y_ours != -100).float().mean())
         flops = ours.flops_per_token(head_fraction)
         line = (f"{objective}: ours {rates['ours']:8.0f} tok/s ({flops * rates['ours'] / 1e9:6.1f} GFLOP/s, "
-                f"MFU {ours.estimate_mfu(rates['ours'], peak, head_fraction):.1%})")
+                f"MFU {mfu(ours, rates['ours'], peak, fraction=head_fraction):.1%})")
         if "theirs" in rates:
             name = "LlamaForCausalLM" if objective == "clm" else "BertForMaskedLM"
             line += f" | {name} {rates['theirs']:8.0f} tok/s | ratio ours/theirs {rates['ours'] / rates['theirs']:.2f}x"

@@ -266,10 +266,6 @@ class Transformer(nn.Module):
         body = self.num_params(exclude_embeddings=True)
         return 6 * (body + head_fraction * c.vocab_size * c.dim) + 12 * c.n_layers * c.dim * c.max_seq_len
 
-    def estimate_mfu(self, tokens_per_s: float, peak_flops: float, head_fraction: float = 1.0) -> float:
-        """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak."""
-        return self.flops_per_token(head_fraction) * tokens_per_s / peak_flops
-
     def compile_blocks(self) -> None:
         """torch.compile each block in place (state-dict keys unchanged)."""
         for layer in self.layers:
