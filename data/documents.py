@@ -17,7 +17,8 @@ class DocumentIndex:
 
     def __init__(self, offsets):
         offsets = np.asarray(offsets, dtype=np.int64)
-        if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
+        # [0] alone is a file without documents (an empty validation split): its windows are none.
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or np.any(np.diff(offsets) < 0):
             raise ValueError("document offsets must start at 0 and never decrease (n_docs + 1 entries)")
         self.offsets = offsets
 

@@ -65,6 +65,7 @@ def test_document_index_numbers_tokens_by_document():
     assert index.ids(2, 4).tolist() == [0, 2, 2, 2]
     with pytest.raises(ValueError):
         DocumentIndex([1, 3])
+    assert DocumentIndex([0]).offsets.tolist() == [0]           # a split without documents
 
 
 class FakeBin:
