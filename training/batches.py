@@ -10,6 +10,7 @@ import torch
 from data.datasets import CausalWindows, MaskedWindows, PrefixWindows, SampleOrder
 from data.documents import DocumentIndex
 from data.masking import MLMMasker
+from data.pairs import PairWindows
 from training.distributed import all_reduce_sum
 from utils import IGNORE_INDEX
 
@@ -24,8 +25,11 @@ def masker_for(cfg, tokenizer, eval_mode: bool) -> MLMMasker:
 
 
 def make_windows(token_bin, seq_len: int, objective: str, masker=None, document_mask: bool = False,
-                 prompt_lengths=None):
-    """prompt_lengths (plm with document_mask): each document's prompt is its prefix."""
+                 prompt_lengths=None, pair_tokenizer=None):
+    """prompt_lengths (plm with document_mask): each document's prompt is its prefix. pair_tokenizer
+    (mlm): sentence pairs framed with its [CLS] and [SEP], for next-sentence prediction."""
+    if pair_tokenizer is not None:
+        return PairWindows(token_bin, seq_len, masker, pair_tokenizer)
     documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
     if objective == "clm":
         return CausalWindows(token_bin, seq_len, documents)
@@ -49,6 +53,8 @@ def fetch(windows, index: int, seed: int, position: int) -> dict:
     elif isinstance(windows, CausalWindows):
         x, y = windows[index]
         sample = {"input_ids": x, "labels": y}
+    elif isinstance(windows, PairWindows):  # named already: token types, padding, next-sentence label
+        sample = windows.sample(index, _sample_generator(seed, position))
     else:
         x, y = windows.sample(index, _sample_generator(seed, position))
         sample = {"input_ids": x, "labels": y}
@@ -103,6 +109,7 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
     n = len(windows) if max_batches <= 0 else min(len(windows), max_batches * batch_size * info.world_size)
     mine = list(range(info.rank, n, info.world_size))
     loss_sum = targets = correct = 0.0
+    nsp_loss = nsp_correct = pairs = 0.0  # next-sentence prediction, on sentence-pair windows
     for start in range(0, len(mine), batch_size):
         batch = stack([fetch(windows, i, EVAL_SEED, i) for i in mine[start:start + batch_size]], device)
         y = batch.labels
@@ -112,7 +119,13 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
         targets += float(out.n_targets)
         if out.logits is not None and isinstance(windows, MaskedWindows):
             correct += (out.logits.argmax(-1) == y[y != IGNORE_INDEX]).sum().item()
-    loss_sum, targets, correct = all_reduce_sum([loss_sum, targets, correct], info, device)
+        if out.nsp_loss_sum is not None:
+            nsp_label = batch.fields["next_sentence_label"]
+            nsp_loss += out.nsp_loss_sum.float().item()
+            nsp_correct += (out.nsp_logits.argmax(-1) == nsp_label).sum().item()
+            pairs += len(nsp_label)
+    loss_sum, targets, correct, nsp_loss, nsp_correct, pairs = all_reduce_sum(
+        [loss_sum, targets, correct, nsp_loss, nsp_correct, pairs], info, device)
     model.train(was_training)
     if targets == 0:
         return {}
@@ -120,6 +133,8 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
     metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(targets)}
     if isinstance(windows, MaskedWindows):
         metrics["val_mlm_accuracy"] = correct / targets
+        if pairs:
+            metrics.update(val_nsp_loss=nsp_loss / pairs, val_nsp_accuracy=nsp_correct / pairs)
     else:
         metrics["val_bpb"] = loss / math.log(2) / bytes_per_token
     return metrics

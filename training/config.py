@@ -36,6 +36,7 @@ class DataConfig:
     mask_token_frac: float = 0.8
     random_token_frac: float = 0.1
     eval_mask_rate: float = 0.15          # fixed, so evaluations of runs with different rates compare
+    pairs: bool = False                   # masked LM: [CLS] A [SEP] B [SEP] samples and next-sentence prediction
     prefix_field: Optional[str] = None    # JSONL: a record's prompt, put before its text; a prefix LM (plm with
                                           # model.document_mask) takes it as the document's prefix
     whole_word_mask: bool = False         # masked LM: mask all pieces of a chosen word (evaluation stays per piece)

@@ -139,6 +139,8 @@ class Trainer:
             model_dict = dict(cfg.model)
         model_dict.setdefault("vocab_size", 64 * math.ceil(self.tokenizer.vocab_size / 64))
         model_dict["pad_token_id"] = self.tokenizer.pad_id
+        if cfg.data.pairs:  # sentence pairs train BERT's next-sentence head beside the masked LM
+            model_dict["next_sentence"] = True
         cfg.model = model_dict
         self.model_config = cfg.model_config(self.tokenizer.vocab_size)
         objective = self.model_config.objective
@@ -149,6 +151,10 @@ class Trainer:
         masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
         eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
         documents = self.model_config.document_mask
+        pairs = self.tokenizer if cfg.data.pairs else None
+        if pairs and (objective != "mlm" or self.model_config.token_types < 2 or documents):
+            raise ConfigError("data.pairs needs a masked model with two token types and one pair per window: "
+                              "model.objective mlm, model.token_types >= 2 (model.arch bert) and no model.document_mask")
         train_prompts = val_prompts = None
         if cfg.data.prefix_field:  # each document's own prompt is its prefix
             if objective != "plm" or not documents:
@@ -156,7 +162,7 @@ class Trainer:
                                   "model.objective plm and model.document_mask true")
             train_prompts = prefix_lengths(train_bin.path, cfg.data.prefix_field)
             val_prompts = val_bin and prefix_lengths(val_bin.path, cfg.data.prefix_field)
-        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents, train_prompts)
+        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents, train_prompts, pairs)
         if cfg.data.whole_word_mask:
             if objective != "mlm":
                 raise ConfigError(f"data.whole_word_mask is for masked models (model.objective mlm), not {objective}")
@@ -164,7 +170,7 @@ class Trainer:
         # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
         no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
         self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents,
-                                                                   val_prompts)
+                                                                   val_prompts, pairs)
         for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
             if windows is not None and len(windows) == 0:
                 raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
@@ -339,13 +345,20 @@ class Trainer:
         global_targets = self._global_targets(sum(b.n_targets for b in batches))
         scale = info.world_size / global_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        nsp_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # next-sentence loss: a mean over pairs
         for i, b in enumerate(batches):
             with self.parallel.no_sync(last_micro_step=i == len(batches) - 1):
                 with self.autocast():
                     out = self.model(b.inputs, labels=b.labels, return_logits=False, **b.fields)
-                self.scaler.scale(out.loss_sum.float() * scale).backward()
+                step_loss = out.loss_sum.float() * scale
+                if out.nsp_loss_sum is not None:
+                    step_loss = step_loss + out.nsp_loss_sum.float() / (t.batch_size * t.accumulation_steps)
+                    nsp_sum += out.nsp_loss_sum.detach()
+                self.scaler.scale(step_loss).backward()
             loss_sum += out.loss_sum.detach()
         loss = all_reduce_(loss_sum, info) / global_targets
+        if self.cfg.data.pairs:  # BERT's objective: masked loss plus next-sentence loss
+            loss = loss + all_reduce_(nsp_sum, info) / self.global_batch
         self.scaler.unscale_(self.optimizer)
         grad_norm = self.parallel.clip_grad_norm(t.grad_clip if t.grad_clip > 0 else float("inf"))
         finite = torch.isfinite(loss)

