@@ -12,8 +12,8 @@ framed (eos, or [CLS] ... [SEP]) and concatenated in order.
 
 Causal models: loss, perplexity and bits per byte over non-overlapping windows of seq_len + 1
 tokens; prefix LMs the same over the tokens after each window's prefix, drawn from a fixed seed as
-training's validation draws them (prompt/completion prefixes from data.prefix_field are not read
-here). Masked models: masked loss and masked-token accuracy, the masks drawn from a fixed seed at
+training's validation draws them, or, with --prefix_field, each document's prompt (as training with
+data.prefix_field takes it). Masked models: masked loss and masked-token accuracy, the masks drawn from a fixed seed at
 --mask_rate with 80/10/10, so two runs give the same figures to the bit."""
 import argparse
 import contextlib
@@ -30,6 +30,7 @@ from tqdm import tqdm
 from checkpoint import load_for_inference
 from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
 from data.documents import DocumentIndex
+from data.prefix_split import prefix_lengths, prompt_length
 from data.errors import DataError
 from data.sources import TEXT_UNITS, iter_records, nothing_usable
 from data.token_bin import TokenBin, token_dtype
@@ -63,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"windows per batch (default {BATCH_SIZE})")
     p.add_argument("--seq_len", type=int, default=None,
                    help="window length (default: the model's max_seq_len; a run trained with a shorter data.seq_len evaluated with it)")
+    p.add_argument("--prefix_field", default=None,
+                   help="a packed prefix LM trained with data.prefix_field: the JSONL field holding each record's "
+                        "prompt (a .bin: read its .prefix file), taken as each document's prefix")
     p.add_argument("--mask_rate", type=float, default=0.15,
                    help="masked LM: share of positions masked (80%% mask token, 10%% random, 10%% kept)")
     p.add_argument("--device", default="auto")
@@ -94,8 +98,9 @@ def check_flags(args) -> None:
 class TokenArray:
     """In-memory stand-in for a TokenBin: what the windows read (tokens), and the sidecar's counts."""
 
-    def __init__(self, path: str, tokens: np.ndarray, text_bytes: int, documents: int, offsets: np.ndarray):
-        self.path, self.tokens, self.offsets = path, tokens, offsets
+    def __init__(self, path: str, tokens: np.ndarray, text_bytes: int, documents: int, offsets: np.ndarray,
+                 prompt_lengths=None):
+        self.path, self.tokens, self.offsets, self.prompt_lengths = path, tokens, offsets, prompt_lengths
         self.meta = {"n_tokens": int(len(tokens)), "n_text_bytes": int(text_bytes), "n_documents": documents}
 
     def doc_offsets(self) -> np.ndarray:
@@ -105,19 +110,25 @@ class TokenArray:
         return len(self.tokens)
 
 
-def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str) -> tuple:
+def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str, prefix_field=None) -> tuple:
     """(TokenArray, {reason: lines skipped}) of a JSONL or plain-text file, tokenized as the processor
-    stores it: every document framed, all concatenated in order."""
+    stores it: every document framed, all concatenated in order (with prefix_field, each record's
+    prompt before its text, and the prompts' lengths as data/prefix_split.py counts them)."""
     dtype = token_dtype(tokenizer.vocab_size)
-    pieces, texts, rejected = [], [], {}
+    pieces, texts, rejected, prompts = [], [], {}, []
     read = text_bytes = documents = 0
 
     def flush():
         for ids in tokenizer.encode_batch(texts):
             pieces.append(np.asarray(tokenizer.frame(ids), dtype=dtype))
+        if prefix_field:
+            first = len(pieces) - len(texts)
+            for k, ids in enumerate(tokenizer.encode_batch([t.prefix for t in texts])):
+                prompts.append(prompt_length(tokenizer.frame(ids), pieces[first + k]))
         texts.clear()
 
-    for text, reason, _offset, _size in iter_records(path, 0, text_field=text_field, text_unit=text_unit):
+    for text, reason, _offset, _size in iter_records(path, 0, text_field=text_field, text_unit=text_unit,
+                                                     prefix_field=prefix_field):
         read += 1
         if text is None:
             rejected[reason] = rejected.get(reason, 0) + 1
@@ -132,15 +143,18 @@ def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str) -> tupl
         raise nothing_usable([path], read, rejected, text_field)
     tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=dtype)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in pieces])]).astype(np.int64)
-    return TokenArray(path, tokens, text_bytes, documents, offsets), rejected
+    return TokenArray(path, tokens, text_bytes, documents, offsets, np.asarray(prompts) if prefix_field else None), \
+        rejected
 
 
-def load_tokens(path: str, tokenizer, text_field: str, text_unit: str) -> tuple:
+def load_tokens(path: str, tokenizer, text_field: str, text_unit: str, prefix_field=None) -> tuple:
     if path.endswith(".bin"):
         token_bin = TokenBin(path)
         token_bin.check_tokenizer(tokenizer.fingerprint())
+        if prefix_field:
+            token_bin.prompt_lengths = prefix_lengths(path, prefix_field)
         return token_bin, {}
-    return tokenize_file(path, tokenizer, text_field, text_unit)
+    return tokenize_file(path, tokenizer, text_field, text_unit, prefix_field)
 
 
 # ---- windows with a progress bar -------------------------------------------------------------------
@@ -172,14 +186,14 @@ class _PrefixProgress(_Progress, PrefixWindows):
         return super().sample(i, generator)
 
 
-def windows_for(token_bin, seq_len: int, objective: str, masker, document_mask: bool = False):
+def windows_for(token_bin, seq_len: int, objective: str, masker, document_mask: bool = False, prompt_lengths=None):
     """training.batches.make_windows' windows, with the progress hook (the same classes underneath,
     so evaluate() treats them exactly as it treats training's validation windows)."""
     documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
     if objective == "clm":
         return _CausalProgress(token_bin, seq_len, documents)
     if objective == "plm":
-        return _PrefixProgress(token_bin, seq_len, documents)
+        return _PrefixProgress(token_bin, seq_len, documents, prompt_lengths)
     return _MaskedProgress(token_bin, seq_len, masker, documents)
 
 
@@ -202,7 +216,10 @@ def run(args) -> dict:
             raise UsageError(f"{args.model_path} is a masked LM but its tokenizer has no mask token")
         masker = masker_for(SimpleNamespace(data=DataConfig(eval_mask_rate=args.mask_rate)), tokenizer, eval_mode=True)
 
-    token_bin, rejected = load_tokens(args.data, tokenizer, args.text_field, args.text_unit)
+    if args.prefix_field and not (objective == "plm" and config.document_mask):
+        raise UsageError("--prefix_field makes each document's prompt the prefix of a packed prefix LM; this model is "
+                         f"{objective}{' with' if config.document_mask else ' without'} model.document_mask")
+    token_bin, rejected = load_tokens(args.data, tokenizer, args.text_field, args.text_unit, args.prefix_field)
     n_tokens = len(token_bin)
     need = seq_len if objective == "mlm" else seq_len + 1
     if n_tokens < need:
@@ -211,7 +228,8 @@ def run(args) -> dict:
     text_bytes = token_bin.meta.get("n_text_bytes", 0)
     bytes_per_token = text_bytes / max(1, n_tokens)
 
-    windows = windows_for(token_bin, seq_len, objective, masker, config.document_mask)
+    windows = windows_for(token_bin, seq_len, objective, masker, config.document_mask,
+                          token_bin.prompt_lengths if args.prefix_field else None)
     n_windows = len(windows) if args.max_batches <= 0 else min(len(windows), args.max_batches * args.batch_size)
     n_batches = math.ceil(n_windows / args.batch_size)
     dtype = resolve_dtype(args.dtype, device)
@@ -242,6 +260,9 @@ def run(args) -> dict:
     return result
 
 
+TARGETS = {"clm": "targets", "plm": "targets after the prefixes"}  # what a report line counts
+
+
 def report(r: dict) -> str:
     weights = "EMA weights" if r["weights"] == "ema" else "raw trained weights"
     kind = {"clm": "causal", "plm": "prefix", "mlm": "masked"}[r["objective"]]
@@ -255,7 +276,7 @@ def report(r: dict) -> str:
     lines.append(data)
     window = r["seq_len"] if r["objective"] == "mlm" else r["seq_len"] + 1
     lines.append(f"windows      {r['windows']:,} of {r['windows_total']:,} ({window} tokens each), "
-                 f"{r['targets']:,} {dict(clm='targets', plm='targets after the prefixes').get(r['objective'], 'masked targets')}")
+                 f"{r['targets']:,} {TARGETS.get(r['objective'], 'masked targets')}")
     if r["objective"] != "mlm":
         lines += [f"loss         {r['loss']:.4f}", f"perplexity   {r['perplexity']:.3f}",
                   f"bits/byte    {r['bits_per_byte']:.4f}"]

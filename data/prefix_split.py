@@ -62,6 +62,16 @@ def prefix_lengths(bin_path: str, prefix_field: str) -> np.ndarray:
     return np.fromfile(prefix_path(bin_path), dtype="<u4").astype(np.int64)
 
 
+def prompt_length(framed_prompt, document) -> int:
+    """How many leading tokens of a stored document (framed prompt + text) are its prompt: those that
+    agree with the prompt framed and tokenized alone, and never the document's last token (a target)."""
+    framed = np.asarray(framed_prompt, dtype=np.int64)
+    stored = np.asarray(document[:len(framed)], dtype=np.int64)
+    differ = np.nonzero(framed[:len(stored)] != stored)[0]
+    agree = int(differ[0]) if len(differ) else len(stored)
+    return min(agree, len(document) - 1)
+
+
 class _Split:
     """One output split's documents, matched in order against their prompts."""
 
@@ -77,11 +87,7 @@ class _Split:
                 raise DataError(f"{self.bin.path} holds fewer documents than its inputs now give; process the "
                                 "corpus again")
             start, end = self.offsets[doc], self.offsets[doc + 1]
-            framed = np.asarray(tokenizer.frame(ids), dtype=np.int64)
-            stored = self.bin.tokens[start:min(end, start + len(framed))].astype(np.int64)
-            differ = np.nonzero(framed[:len(stored)] != stored)[0]
-            agree = int(differ[0]) if len(differ) else len(stored)
-            self.lengths.append(min(agree, end - start - 1))  # at least the document's last token is a target
+            self.lengths.append(prompt_length(tokenizer.frame(ids), self.bin.tokens[start:end]))
         self.prompts.clear()
 
 

@@ -112,3 +112,51 @@ def test_train_py_learns_completions_of_a_prompt_corpus(tmp_path):
     refused = run(train_cmd("--config", cfg, "--data.prefix_field", "prompt", "--run_name", "r2"))
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].endswith("model.objective plm and model.document_mask true")
+
+
+@torch.no_grad()
+def test_evaluate_takes_each_prompt_as_the_prefix(tmp_path, capsys):
+    """evaluate.py --prefix_field on the JSONL and on its processed .bin: the same figures, equal to a
+    hand computation where exactly the completions (and each eos) are scored."""
+    import evaluate as ev
+    from model import LMConfig, Transformer
+    from tests.gen_fixtures import save_checkpoint, tiny_tokenizer
+
+    tok = tiny_tokenizer(str(tmp_path))
+    torch.manual_seed(3)
+    model = Transformer(LMConfig(vocab_size=320, dim=48, n_layers=2, n_heads=4, max_seq_len=64, objective="plm",
+                                 document_mask=True)).eval()
+    path = save_checkpoint(str(tmp_path / "plm"), model, tok)
+    records = [r for r in write_pairs(tmp_path / "qa.jsonl", n=60) if r["text"].startswith(" ")]
+    with open(tmp_path / "qa.jsonl", "w", encoding="utf-8") as f:  # prompts end in "A:", completions start a word
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    bins = prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), val_ratio=0.0, prefix_field="prompt",
+                          tokenizer_path=str(tmp_path / "tokenizer.json"))
+    capsys.readouterr()                                   # the processor's summary
+    results = []
+    for data in (tmp_path / "qa.jsonl", bins["train_bin"]):
+        assert ev.main(["--model_path", path, "--data", str(data), "--prefix_field", "prompt", "--json"]) == 0
+        results.append(json.loads(capsys.readouterr().out))
+
+    docs = [tok.encode(r["prompt"] + r["text"]) + [tok.eos_id] for r in records]
+    prompts = [len(tok.encode(r["prompt"])) for r in records]
+    assert all(d[:p] == tok.encode(r["prompt"]) for d, p, r in zip(docs, prompts, records))
+    tokens = torch.tensor([t for d in docs for t in d])
+    doc_of = torch.tensor([k for k, d in enumerate(docs) for _ in d])
+    start_of = torch.tensor([sum(len(d) for d in docs[:k]) for k in range(len(docs))])
+    in_prompt = torch.arange(len(tokens)) - start_of[doc_of] < torch.tensor(prompts)[doc_of]
+    loss_sum, count = 0.0, 0
+    for i in range((len(tokens) - 1) // 64):
+        span = slice(i * 64, i * 64 + 64)
+        x, y = tokens[span], tokens[i * 64 + 1:i * 64 + 65]
+        logits = model(x[None], document_ids=doc_of[span][None], in_prefix=in_prompt[span][None]).logits[0]
+        scored = ~in_prompt[i * 64 + 1:i * 64 + 65]
+        loss_sum += torch.nn.functional.cross_entropy(logits[scored].double(), y[scored], reduction="sum").item()
+        count += int(scored.sum())
+    for r in results:
+        assert r["targets"] == count and abs(r["loss"] - loss_sum / count) < 1e-5
+    assert results[0]["loss"] == results[1]["loss"]
+    code = ev.main(["--model_path", save_checkpoint(str(tmp_path / "clm"), Transformer(LMConfig(
+        vocab_size=320, dim=48, n_layers=2, n_heads=4, max_seq_len=64)), tok), "--data", str(tmp_path / "qa.jsonl"),
+        "--prefix_field", "prompt"])
+    assert code == 2 and "packed prefix LM" in capsys.readouterr().err
