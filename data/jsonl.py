@@ -6,6 +6,7 @@ import glob
 import json
 import os
 
+from data.columnar import is_saved_dataset
 from data.errors import DataError
 
 BOM = b"\xef\xbb\xbf"
@@ -14,14 +15,18 @@ REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "m
 
 
 def expand_inputs(patterns) -> list:
-    """Files named or matched by globs, in the given order (each glob sorted), each once."""
+    """Files (or save_to_disk dataset directories) named or matched by globs, in the given order (each
+    glob sorted), each once."""
     files = []
     for pattern in ([patterns] if isinstance(patterns, str) else patterns):
         matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
         if not matches:
             raise DataError(f"no file matches {pattern!r}")
         for m in matches:
-            if not os.path.isfile(m):
+            if os.path.isdir(m) and not is_saved_dataset(m):
+                raise DataError(f"{m} is a directory, not a dataset saved by datasets' save_to_disk (no state.json); "
+                                "name its files, or a glob of them")
+            if not os.path.isfile(m) and not is_saved_dataset(m):
                 raise DataError(f"input file not found: {m}")
             if m not in files:
                 files.append(m)

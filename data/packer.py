@@ -21,7 +21,7 @@ from tqdm import tqdm
 from data.errors import DataError
 from data.fault_points import fault_point
 from data.jsonl import REJECT_REASONS, expand_inputs
-from data.sources import TEXT_UNITS, iter_records
+from data.sources import TEXT_UNITS, input_size, input_stamp, iter_records
 from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
 from data.tokenizer import load_tokenizer
 from utils import OutputError, atomic_write, write_json_atomic
@@ -155,7 +155,7 @@ class DataProcessor:
     def _signature(self, files) -> dict:
         """What the output depends on. Inputs are named by path, size and modification time: a corpus
         edited in place is processed again (and never resumed into a half-old output)."""
-        inputs = [[os.path.abspath(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files]
+        inputs = [[os.path.abspath(f), *input_stamp(f)] for f in files]
         return {"format": FORMAT_VERSION, "inputs": inputs,
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
                 "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length,
@@ -276,8 +276,8 @@ class DataProcessor:
         tokenizer releases the GIL), then write and commit chunks strictly in input order."""
         with _output_errors(paths):
             handles = self._open_partials(paths, state)
-        total = sum(os.path.getsize(f) for f in files)
-        done_before = sum(os.path.getsize(f) for f in files[:state["file_index"]]) + state["offset"]
+        total = sum(input_size(f) for f in files)  # (rows count as bytes for Parquet: an approximate bar)
+        done_before = sum(input_size(f) for f in files[:state["file_index"]]) + state["offset"]
         bar = tqdm(total=total, initial=done_before, unit="B", unit_scale=True, desc="processing",
                    disable=not self.show_progress)
         since_commit, pending = 0, None

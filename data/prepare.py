@@ -8,14 +8,14 @@ import time
 from data.jsonl import expand_inputs
 from data.packer import DataProcessor, check_settings
 from data.prefix_split import ensure_prefix_lengths
-from data.sources import nothing_usable
+from data.sources import input_size, nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
 from data.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 
 def _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit) -> dict:
-    return {"inputs": [[os.path.abspath(f), os.path.getsize(f)] for f in files], "vocab_size": vocab_size,
+    return {"inputs": [[os.path.abspath(f), input_size(f)] for f in files], "vocab_size": vocab_size,
             "text_field": text_field, "max_length": max_length, "min_chars": min_chars, "text_unit": text_unit}
 
 

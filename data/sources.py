@@ -1,10 +1,12 @@
 """Documents from the files a corpus is made of, by kind: JSONL (one JSON object per line, the text
-under a field), or plain text and Markdown (.txt, .md: one document per line, or per paragraph of
-lines between blank lines). Every record comes with the byte offset after it, so a reader can
+under a field), plain text and Markdown (.txt, .md: one document per line, or per paragraph of
+lines between blank lines), or Parquet and saved Hugging Face datasets (data/columnar.py: the text
+column, positions are row numbers). Every record comes with the byte offset after it, so a reader can
 resume from exactly there, and a rejected record comes with its reason instead of its text."""
 import json
 import os
 
+from data.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
 from data.errors import DataError
 from data.jsonl import expand_inputs, iter_lines, parse_line
 
@@ -14,6 +16,24 @@ TEXT_UNITS = ("paragraph", "line")
 
 def is_plain_text(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in TEXT_EXTENSIONS
+
+
+def is_row_source(path: str) -> bool:
+    """Parquet or a saved dataset: positions are row numbers, not byte offsets."""
+    return is_columnar(path)
+
+
+def input_size(path: str) -> int:
+    return columnar_size(path) if is_columnar(path) else os.path.getsize(path)
+
+
+def input_stamp(path: str) -> list:
+    """[size, modification time] of an input: what says it changed (a saved dataset's newest file)."""
+    if not os.path.isdir(path):
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+    stamps = [os.stat(os.path.join(path, "state.json")).st_mtime_ns]
+    return [input_size(path), max(stamps + [os.stat(f).st_mtime_ns for f in dataset_files(path)])]
 
 
 def _text_records(path: str, start: int, unit: str):
@@ -46,7 +66,9 @@ def iter_records(path: str, start: int = 0, text_field: str = "text", max_chars:
     """(text, reason, offset after, bytes read) for every record of `path` from byte `start`:
     text is None when the record is rejected, and reason says why. prefix_field (JSONL): each text
     is a data.jsonl.PrefixedText, the prompt under that field followed by the text."""
-    if is_plain_text(path):
+    if is_columnar(path):
+        records = iter_columnar(path, start, text_field)
+    elif is_plain_text(path):
         if prefix_field is not None:
             raise DataError(f"{path}: --prefix_field reads a prompt field of JSONL records; a plain-text file has none")
         records = _text_records(path, start, text_unit)
