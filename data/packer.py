@@ -30,10 +30,12 @@ SPLITS = ("train", "val")
 CHUNK_BYTES = 2 << 20  # text per tokenizer batch: big enough to keep every core busy
 
 
-def is_validation(doc_index: int, seed: int, val_ratio: float) -> bool:
+def is_validation(doc_index: int, seed: int, val_ratio: float, piece=None) -> bool:
     """Whether the doc_index-th kept document goes to validation: a hash, so the split is spread
-    over the whole corpus and stable across runs and chunk sizes."""
-    h = hashlib.blake2b(f"{seed}:{doc_index}".encode(), digest_size=8).digest()
+    over the whole corpus and stable across runs and chunk sizes. piece: the shard's number when
+    the corpus is processed in shards (data/shards.py), which count their documents each."""
+    key = f"{seed}:{doc_index}" if piece is None else f"{seed}:{piece}:{doc_index}"
+    h = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < val_ratio
 
 
@@ -125,6 +127,7 @@ class DataProcessor:
         self.stats = _fresh_stats()
         self.timing = {}
         self.reused = False  # whether the last process_dataset found its output complete and kept it
+        self.piece = None    # a shard's {"index", "start", "end"}: one byte range of one input file
 
     # ---- validation only --------------------------------------------------------------------
     def validate_and_clean_jsonl(self, input_path, output_path: str) -> dict:
@@ -147,8 +150,11 @@ class DataProcessor:
     # ---- processing -------------------------------------------------------------------------
     def output_paths(self, output_path: str) -> dict:
         root, _ = os.path.splitext(output_path)
-        val = os.path.join(os.path.dirname(output_path), "val.bin") if os.path.basename(root) == "train" \
-            else root + ".val.bin"
+        name = os.path.basename(root)
+        if name == "train" or name.startswith("train-"):  # train.bin -> val.bin, train-00007.bin -> val-00007.bin
+            val = os.path.join(os.path.dirname(output_path), "val" + name[len("train"):] + ".bin")
+        else:
+            val = root + ".val.bin"
         return {"train": output_path, "val": val, "stats": root + ".stats.json", "run_log": root + ".run.json",
                 "progress": output_path + ".progress.json"}
 
@@ -160,6 +166,7 @@ class DataProcessor:
                 "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
                 "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_length,
                 "min_chars": self.min_chars, "text_unit": self.text_unit,
+                **({"piece": self.piece} if self.piece else {}),
                 **({"prefix_field": self.prefix_field} if self.prefix_field else {})}
 
     def _records(self, path: str, start: int):
@@ -176,8 +183,11 @@ class DataProcessor:
         return meta.get("signature") == self._signature(expand_inputs(input_path)) and \
             os.path.exists(meta_path(paths["val"]))
 
-    def process_dataset(self, input_path, output_path: str, resume: bool = True) -> dict:
+    def process_dataset(self, input_path, output_path: str, resume: bool = True, piece=None) -> dict:
+        """piece: process only bytes [start, end) of the one input file, a shard of a larger job
+        (its validation split is drawn with the shard's index)."""
         files = expand_inputs(input_path)
+        self.piece = piece
         paths = self.output_paths(output_path)
         os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
         signature = self._signature(files)
@@ -191,7 +201,8 @@ class DataProcessor:
         state = self._load_progress(paths, signature) if resume else None
         if state is None:
             self._clear(paths)
-            state = {"signature": signature, "phase": "tokenize", "file_index": 0, "offset": 0,
+            state = {"signature": signature, "phase": "tokenize", "file_index": 0,
+                     "offset": piece["start"] if piece else 0,
                      "lengths": {s: [0, 8] for s in SPLITS}, "stats": _fresh_stats()}
         self.stats = state["stats"]
         tokens_before, bytes_before = _totals(self.stats)
@@ -255,6 +266,8 @@ class DataProcessor:
             start = state["offset"] if file_index == state["file_index"] else 0
             chunk, last = Chunk(), start
             for text, reason, offset, size in self._records(files[file_index], start):
+                if self.piece and offset - size >= self.piece["end"]:
+                    break  # the first record of the next shard
                 bar.update(offset - last)
                 last = offset
                 chunk.read += 1
@@ -322,7 +335,8 @@ class DataProcessor:
         ends = {s: [] for s in SPLITS}
         tpd = stats["tokens_per_document"]
         for text, ids in zip(texts, encoded):
-            split = "val" if is_validation(stats["documents_kept"], self.seed, self.val_ratio) else "train"
+            piece = self.piece["index"] if self.piece else None
+            split = "val" if is_validation(stats["documents_kept"], self.seed, self.val_ratio, piece) else "train"
             stats["documents_kept"] += 1
             ids = self.tokenizer.frame(ids)  # text then eos, or [CLS] text [SEP] for BERT-style tokenizers
             n = len(ids)

@@ -3,10 +3,17 @@ data/packer.py's DataProcessor, through data/prepare.py).
 
     python -m data.processor dataset/*.jsonl --out_dir dataset/mycorpus --vocab_size 8192
     python -m data.processor corpus.jsonl --tokenizer tok/tokenizer.json --text_field content --val_ratio 0.01
+    python -m data.processor dataset/*.jsonl data.parquet hf_saved_dir --out_dir dataset/big --workers 4
+    python -m data.processor dataset/*.jsonl --out_dir part1 --tokenizer tok.json --num_shards 2 --shard_index 1
+
+With --workers, --num_shards, --shard_index or --shard_mb the output is numbered shards
+(train-00000.bin, val-00000.bin, ...) and manifest.json, which training reads as one dataset
+(data.train_bin: <out_dir>/manifest.json); data/shards.py says how the inputs are cut.
 """
 import argparse
 import sys
 
+from data.errors import DataError
 from data.packer import DataProcessor  # noqa: F401  (the processor's Python API, importable from here)
 from data.prepare import prepare_corpus
 from utils import run_cli
@@ -20,7 +27,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_arg_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m data.processor",
                        description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
-    p.add_argument("inputs", nargs="+", help="JSONL, .txt or .md files, or globs")
+    p.add_argument("inputs", nargs="+", help="JSONL, .txt, .md or .parquet files, directories written by a "
+                                             "Hugging Face dataset's save_to_disk, or globs")
     p.add_argument("--out_dir", required=True, help="where tokenizer.json, train.bin, val.bin and stats go")
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer.json or Hugging Face directory "
                                                      "(default: train one)")
@@ -40,6 +48,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--word_starts", action="store_true",
                    help="also write train.bin.words / val.bin.words, the word boundaries whole-word masking "
                         "reads (Chinese words by the jieba segmenter)")
+    p.add_argument("--workers", type=int, default=None, help="shards processed at once, one process each "
+                                                             "(sharded output)")
+    p.add_argument("--num_shards", type=int, default=None,
+                   help="machines sharing the job: this one processes the shards i with i %% num_shards == shard_index")
+    p.add_argument("--shard_index", type=int, default=None, help="this machine's number, from 0 (with --num_shards)")
+    p.add_argument("--shard_mb", type=float, default=None,
+                   help="JSONL and text files larger than this are cut into shards of about this size (default 256)")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="continue an interrupted run (default); --no-resume starts over")
     return p
@@ -47,11 +62,30 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_arg_parser().parse_args(argv)
+    if any(v is not None for v in (args.workers, args.num_shards, args.shard_index, args.shard_mb)):
+        return _sharded(args)
     prepare_corpus(args.inputs, args.out_dir, vocab_size=args.vocab_size, text_field=args.text_field,
                    val_ratio=args.val_ratio, tokenizer_path=args.tokenizer, seed=args.seed,
                    chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length,
                    prefix_field=args.prefix_field,
                    min_chars=args.min_chars, text_unit=args.text_unit, word_starts=args.word_starts)
+    return 0
+
+
+def _sharded(args) -> int:
+    from data.shards import prepare_sharded
+    if (args.num_shards is None) != (args.shard_index is None):
+        raise DataError("--num_shards and --shard_index go together: --num_shards N --shard_index I, I in [0, N)")
+    if getattr(args, "prefix_field", None) or getattr(args, "word_starts", False):
+        raise DataError("--prefix_field and --word_starts write sidecars of train.bin / val.bin; they are not "
+                        "made for sharded output yet: drop --workers / --num_shards / --shard_index / --shard_mb")
+    prepare_sharded(args.inputs, args.out_dir, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
+                    workers=1 if args.workers is None else args.workers, num_shards=args.num_shards or 1,
+                    shard_index=args.shard_index or 0, shard_mb=256.0 if args.shard_mb is None else args.shard_mb,
+                    resume=args.resume,
+                    settings=dict(text_field=args.text_field, val_ratio=args.val_ratio, seed=args.seed,
+                                  chunk_size=args.chunk_size, max_length=args.max_length, min_chars=args.min_chars,
+                                  text_unit=args.text_unit))
     return 0
 
 

@@ -11,9 +11,10 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from data.datasets import SampleOrder, TokenBin
+from data.datasets import SampleOrder
 from data.hf_tokenizer import save_roles
 from data.prefix_split import prefix_lengths
+from data.token_shards import open_bin
 from data.tokenizer import load_tokenizer
 from data.word_starts import WordStarts
 from model import LMConfig, Transformer
@@ -128,8 +129,8 @@ class Trainer:
     def _build_data(self, paths):
         cfg, t = self.cfg, self.cfg.train
         self.fingerprint = self.tokenizer.fingerprint()
-        train_bin = TokenBin(paths["train_bin"])
-        val_bin = TokenBin(paths["val_bin"]) if paths.get("val_bin") else None
+        train_bin = open_bin(paths["train_bin"])  # a .bin, or a shard manifest or glob read as one
+        val_bin = open_bin(paths["val_bin"], "val") if paths.get("val_bin") else None
         for b in (train_bin, val_bin):
             if b is not None:
                 b.check_tokenizer(self.fingerprint)
