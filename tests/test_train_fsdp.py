@@ -133,3 +133,6 @@ def test_fsdp_refuses_what_it_cannot_do_in_one_line(tiny_corpus, tmp_path):
                         (["--fsdp", "--trainable", "new_embeddings"], "which --fsdp shards")):
         proc = run(train_cmd("--config", cfg, *flags))
         assert proc.returncode == 2 and line in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    proc = run(torchrun_cmd(2, "--config", cfg, "--fsdp", "--dtype", "float16"))
+    assert proc.returncode != 0 and "--fsdp trains in float32 or bfloat16" in proc.stderr
+    assert not os.path.exists(tmp_path / "out" / "run" / "metrics.jsonl")

@@ -6,6 +6,7 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from model.config import ConfigError
 from utils import resolve_dtype
 
 
@@ -56,6 +57,9 @@ class FullyShardedDataParallel(SingleProcess):
     def __init__(self, model, device, dtype=torch.float32):
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        if dtype == torch.float16:  # GradScaler's overflow check would see only this rank's shards
+            raise ConfigError("--fsdp trains in float32 or bfloat16: float16 needs a loss scaler whose overflow "
+                              "check spans every rank's shards; pass --dtype bfloat16 (or --ddp for float16)")
         policy = MixedPrecisionPolicy(param_dtype=None if dtype == torch.float32 else dtype,
                                       reduce_dtype=torch.float32)
         for layer in model.layers:
