@@ -100,6 +100,7 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
         raise DataError(f"--shard_mb must be positive, got {shard_mb}")
     from data.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(tokenizer_path)
+    os.makedirs(out_dir, exist_ok=True)
     pieces = plan(files, int(shard_mb * 1e6), settings.get("text_unit", "paragraph"))
     mine = [p for p in pieces if p["index"] % num_shards == shard_index]
     started = time.perf_counter()

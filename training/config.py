@@ -30,7 +30,8 @@ class DataConfig:
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
     train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);
     val_bin: Optional[str] = None         # when set, inputs are not read and tokenizer_path is required
-                                          # (train_bin alone: a run without validation)
+                                          # (train_bin alone: a run without validation); either may be
+                                          # a shard manifest.json or a glob of shards, read as one .bin
     val_ratio: float = 0.05
     mask_rate: float = 0.15               # masked LM only
     mask_token_frac: float = 0.8
