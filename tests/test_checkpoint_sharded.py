@@ -1,0 +1,85 @@
+"""The sharded checkpoint layout in one process: what is written reads back whole; a write that fails
+leaves no checkpoint and no temporary (and an older checkpoint of that name intact); a temporary left
+by a killed writer is removed at the next start."""
+import os
+
+import pytest
+import torch
+
+import checkpoint as ckpt
+import checkpoint_sharded
+from utils import OutputError, remove_stale_temporaries
+
+
+def state(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"format": ckpt.FORMAT, "kind": "train", "step": seed, "model_config": {"dim": 4},
+            "model": {"w": torch.randn(6, 4, generator=g), "b": torch.randn(4, generator=g)},
+            "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(6, 4, generator=g)}},
+                          "param_groups": [{"lr": 0.1, "params": [0]}]},
+            "rng": [torch.arange(5, dtype=torch.uint8)], "progress": {"step": seed, "samples_seen": 8 * seed}}
+
+
+def assert_same(a, b):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b) and a.dtype == b.dtype
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert_same(a[k], b[k])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+def test_written_state_reads_back_whole_with_bulk_tensors_in_shards(tmp_path):
+    path = str(tmp_path / "checkpoint_step_1.dcp")
+    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    assert ckpt.is_sharded(path) and os.path.exists(os.path.join(path, ".metadata"))
+    meta = torch.load(os.path.join(path, ckpt.SHARD_META), weights_only=True)
+    assert meta["model"]["w"] == {ckpt.MARKER: "model/w", "shape": [6, 4], "dtype": "float32"}
+    assert isinstance(meta["rng"][0], torch.Tensor)  # small state stays in meta.pth
+    assert_same(ckpt.load_checkpoint(path), state(1))
+    assert ckpt.step_checkpoints(str(tmp_path)) == [(1, path)]
+
+
+def test_failed_write_leaves_the_old_checkpoint_and_no_temporary(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint_interrupted.dcp")
+    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+
+    def fail(tensors, checkpoint_id, **kw):
+        os.makedirs(checkpoint_id, exist_ok=True)
+        with open(os.path.join(checkpoint_id, "__0_0.distcp"), "wb") as f:
+            f.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint_sharded.dcp, "save", fail)
+    with pytest.raises(OutputError, match="cannot write the sharded checkpoint"):
+        checkpoint_sharded.write(path, state(2), shard=checkpoint_sharded._is_bulk)
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_interrupted.dcp"]
+    assert_same(ckpt.load_checkpoint(path), state(1))
+    monkeypatch.undo()
+    checkpoint_sharded.write(path, state(2), shard=checkpoint_sharded._is_bulk)  # replaces it whole
+    assert_same(ckpt.load_checkpoint(path), state(2))
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint_interrupted.dcp"]
+    assert ckpt.latest_checkpoint(str(tmp_path)) == path
+
+
+def test_temporary_of_a_killed_writer_is_removed(tmp_path):
+    stale = tmp_path / ".checkpoint_step_5.dcp.tmp-999999999"
+    os.makedirs(stale)
+    (stale / "__0_0.distcp").write_bytes(b"partial")
+    assert ckpt.step_checkpoints(str(tmp_path)) == [] and ckpt.latest_checkpoint(str(tmp_path)) is None
+    assert remove_stale_temporaries(str(tmp_path)) == 1 and not stale.exists()
+
+
+def test_shard_and_unshard_refuse_the_wrong_kind_of_source(tmp_path):
+    path = str(tmp_path / "a.dcp")
+    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    with pytest.raises(ckpt.CheckpointError, match="shard takes a .pth"):
+        ckpt.to_sharded(path, str(tmp_path / "b.dcp"))
+    with pytest.raises(ckpt.CheckpointError, match="not a sharded checkpoint"):
+        ckpt.to_single_file(str(tmp_path / "nothing"), str(tmp_path / "c.pth"))
