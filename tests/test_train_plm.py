@@ -1,13 +1,15 @@
 """A prefix LM over packed, document-masked windows trained by train.py as real processes: killed
 between checkpoints and resumed, it is the run that was never stopped (prefixes are drawn from the
-sample position); its metrics are logged and inference.py generates from its checkpoint."""
+sample position); two ranks equal one process; its metrics are logged and inference.py generates
+from its checkpoint."""
 import signal
 
+import pytest
 import torch
 
 import inference
-from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, start_and_signal, train_cmd,
-                                 weights, write_config)
+from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, run_torchrun_ok, start_and_signal,
+                                 train_cmd, weights, write_config)
 
 PLM = ("--model.objective", "plm", "--model.document_mask", "true")
 
@@ -40,3 +42,21 @@ def test_packed_prefix_lm_sigkill_then_resume_equals_uninterrupted(tiny_corpus, 
     assert inference.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("The king") and len(printed) > len("The king\n")
+
+
+def test_packed_prefix_lm_on_two_ranks_equals_one_process_with_double_batch(tiny_corpus, run_root):
+    """Prefixes and document ids travel with each sample, so two gloo ranks with batch B train exactly
+    what one process with batch 2B trains."""
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    single = write_config(run_root / "single.yaml", corpus, data_dir, out, run_name="single", max_steps=8,
+                          batch_size=8, save_interval=8)
+    run_ok(train_cmd("--config", single, *PLM))
+    ddp = write_config(run_root / "ddp.yaml", corpus, data_dir, out, run_name="ddp", max_steps=8, batch_size=4,
+                       save_interval=8)
+    run_torchrun_ok(2, "--config", ddp, "--ddp", *PLM)
+    a, b = losses(str(out / "single")), losses(str(out / "ddp"))
+    assert sorted(a) == sorted(b) == list(range(1, 9))
+    assert all(b[s] == pytest.approx(a[s], rel=1e-5, abs=1e-6) for s in a)
+    final = "checkpoint_step_8.pth"
+    assert max_weight_diff(weights(out / "single" / final), weights(out / "ddp" / final)) < 1e-5
