@@ -71,7 +71,8 @@ def _die_with_parent() -> None:
     if sys.platform.startswith("linux"):
         import ctypes
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C reaches the whole process group: stop at once, quietly (a rerun truncates to the last commit).
+    signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 
 def _process_piece(piece, out_dir, tokenizer_path, settings, resume) -> dict:
@@ -116,8 +117,9 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
             # Forked workers start at once; each encodes on one core (--workers K uses K cores), which
             # also keeps the tokenizer's thread pool from being forked mid-use.
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
-            with ProcessPoolExecutor(min(workers, len(mine)), mp_context=get_context("fork"),
-                                     initializer=_die_with_parent) as pool:
+            pool = ProcessPoolExecutor(min(workers, len(mine)), mp_context=get_context("fork"),
+                                       initializer=_die_with_parent)
+            try:
                 jobs = {pool.submit(_process_piece, p, out_dir, tokenizer_path, settings, resume): p for p in mine}
                 for job in as_completed(jobs):
                     try:
@@ -127,6 +129,12 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
                                         f"in {out_dir}; the work committed so far is kept: run the same command again "
                                         "to resume") from None
                     bar.update(jobs[job]["end"] - jobs[job]["start"])
+            except BaseException:  # an error or Ctrl-C: stop the workers now rather than finish the queue
+                for worker in list((getattr(pool, "_processes", None) or {}).values()):
+                    worker.kill()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            pool.shutdown(wait=True)
     finally:
         bar.close()
     manifest = {"format": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer.fingerprint(),
