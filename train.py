@@ -64,7 +64,9 @@ def _print_summary(s: dict) -> None:
     if "val_mlm_accuracy" in s:
         lines.append(f"final masked-token accuracy {s['val_mlm_accuracy']:.3f}")
     best = "best.pth, " if s["best_step"] >= 0 else ""
-    lines.append(f"wrote {s['run_dir']}/ ({best}checkpoint_step_*.pth, metrics.jsonl, tokenizer.json, config.yaml)")
+    sharded = any(n.endswith(".dcp") for n in os.listdir(s["run_dir"]))  # --fsdp writes directories
+    lines.append(f"wrote {s['run_dir']}/ ({best}checkpoint_step_*.{'dcp' if sharded else 'pth'}, metrics.jsonl, "
+                 "tokenizer.json, config.yaml)")
     print("\n".join(lines))
 
 
