@@ -48,8 +48,8 @@ class FullyShardedDataParallel(SingleProcess):
     """FSDP2 (fully_shard): each block, then the whole model (embeddings, final norm, head), is
     sharded over the ranks; parameters, gradients, optimizer state and EMA live as DTensor shards.
     A block's parameters are gathered for its forward and backward and freed after; gradients are
-    reduce-scattered (averaged, in float32) on the last micro-step only. Under --dtype bfloat16 /
-    float16 the gathered parameters are cast to that dtype (the shards stay float32)."""
+    reduce-scattered (averaged, in float32) on the last micro-step only. Under --dtype bfloat16 the
+    gathered parameters are cast to it (the shards stay float32); float16 is refused."""
 
     name = "fsdp"
     sharded = True  # checkpoints go through torch.distributed.checkpoint, one shard per rank
