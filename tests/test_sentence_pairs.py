@@ -104,3 +104,19 @@ def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(t
     assert "val_mlm_accuracy" in evals[-1]
     proc = run(train_cmd("--config", one, "--data.pairs", "true", "--run_name", "llama", "--force-fresh"))
     assert proc.returncode == 2 and "data.pairs needs a masked model with two token types" in proc.stderr
+
+
+def test_pairs_from_an_encoder_without_a_next_sentence_head(tiny_corpus, run_root):
+    """--init_from all-MiniLM-L6-v2 (a BertModel: no MLM or next-sentence head) with data.pairs: the
+    head starts fresh, said in one line, and the run trains and evaluates it."""
+    corpus, _ = tiny_corpus
+    out = run_root / "out"
+    cfg = write_config(run_root / "init.yaml", corpus, str(run_root / "data"), out, objective="mlm", max_steps=2,
+                       warmup=1, batch_size=2, eval_interval=2, eval_batches=1)
+    proc = run_ok(train_cmd("--config", cfg, "--init_from", MINILM_DIR, "--data.pairs", "true", "--data.seq_len", "32"))
+    assert "has no next-sentence head; it starts freshly initialised for data.pairs (4 tensors)" in proc.stdout + proc.stderr
+    trained = weights(out / "run" / "checkpoint_step_2.pth")
+    assert {k for k in trained if k.startswith("next_sentence.")} == {
+        "next_sentence.pooler.weight", "next_sentence.pooler.bias", "next_sentence.classifier.weight",
+        "next_sentence.classifier.bias"}
+    assert "val_nsp_accuracy" in read_metrics(out / "run", split="eval")[-1]

@@ -81,7 +81,7 @@ class Trainer:
         seed_everything(t.seed)  # identical initial weights on every rank
         self.raw_model = Transformer(self.model_config).to(device)
         if self.init is not None:
-            ckpt.load_weights(self.raw_model, self.init.weights, self.init.path)
+            ckpt.load_weights(self.raw_model, self._init_weights(), self.init.path)
             self.say(f"--init_from {self.init.path}: weights loaded; optimizer, schedule and step start fresh")
         self.expansion = self.init.expansion if self.init is not None else None
         new_rows = None if self.expansion is None else (self.expansion["new_rows_from"], self.tokenizer.vocab_size)
@@ -190,6 +190,17 @@ class Trainer:
             self.warmup_steps = resolve_warmup(t.warmup, self.total_steps)
         except ValueError as e:
             raise ConfigError(f"train.warmup: {e}")
+
+    def _init_weights(self) -> dict:
+        """The source's weights; with data.pairs, a source without a next-sentence head (a masked LM,
+        an encoder) gets this model's freshly initialised one, said in one line."""
+        weights = self.init.weights
+        if self.cfg.data.pairs and not any(k.startswith("next_sentence.") for k in weights):
+            head = {k: v for k, v in self.raw_model.state_dict().items() if k.startswith("next_sentence.")}
+            self.say(f"note: --init_from {self.init.path} has no next-sentence head; it starts freshly initialised "
+                     f"for data.pairs ({len(head)} tensors)")
+            weights = {**weights, **head}
+        return weights
 
     def _use_init_tokenizer(self):
         """The run reads its corpus with the source's tokenizer (rank 0 writes it for the others)."""
