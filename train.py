@@ -57,10 +57,10 @@ def _print_summary(s: dict) -> None:
         lines.append(f"best validation loss {s['best_val_loss']:.4f} (step {s['best_step']})")
     elif not s.get("has_validation", True):
         lines.append("no validation data: nothing evaluated, no best.pth")
-    if "val_bpb" in s:
-        lines.append(f"final validation bits per byte {s['val_bpb']:.3f}")
     else:
         lines.append("no evaluation yet (the first comes at train.eval_interval): no best.pth")
+    if "val_bpb" in s:
+        lines.append(f"final validation bits per byte {s['val_bpb']:.3f}")
     if "val_mlm_accuracy" in s:
         lines.append(f"final masked-token accuracy {s['val_mlm_accuracy']:.3f}")
     best = "best.pth, " if s["best_step"] >= 0 else ""
