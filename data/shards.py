@@ -9,7 +9,6 @@ pieces in K processes; --num_shards N --shard_index I makes this machine process
 with i % N == I: N machines together produce the files one machine would. manifest.json lists
 every shard in order; training reads it (data/token_shards.py) as one dataset."""
 import fcntl
-import json
 import os
 import signal
 import sys
