@@ -13,8 +13,8 @@ from data.pairs import IS_NEXT, IS_RANDOM, PairWindows
 from data.prepare import prepare_corpus
 from data.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
-from tests.train_harness import max_weight_diff, read_metrics, run, run_ok, train_cmd, weights, write_config, \
-    write_corpus
+from tests.train_harness import max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd, weights, \
+    write_config, write_corpus
 from training.batches import fetch
 from utils import IGNORE_INDEX
 
@@ -84,8 +84,9 @@ def test_half_of_the_pairs_are_random_and_each_is_a_pure_function_of_seed_and_po
 
 
 def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(tiny_corpus, run_root):
-    """The next-sentence loss is a mean over the global batch: batch 8 in one micro-step and 4 x 2
-    accumulated give the same weights; evaluation reports NSP loss and accuracy beside the masked ones."""
+    """The next-sentence loss is a mean over the global batch: batch 8 in one micro-step, 4 x 2
+    accumulated and 4 on each of two ranks (torchrun, gloo) give the same weights; evaluation reports
+    NSP loss and accuracy beside the masked ones."""
     corpus, data_dir = tiny_corpus
     out = run_root / "out"
     common = dict(objective="mlm", max_steps=4, eval_interval=4, warmup=1)
@@ -99,6 +100,9 @@ def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(t
     w1, w2 = weights(out / "one" / final), weights(out / "two" / final)
     assert any(k.startswith("next_sentence.") for k in w1)
     assert max_weight_diff(w1, w2) < 1e-5
+    ddp = write_config(run_root / "ddp.yaml", corpus, data_dir, out, run_name="ddp", batch_size=4, **common)
+    run_torchrun_ok(2, "--config", ddp, *model, "--ddp")
+    assert max_weight_diff(w1, weights(out / "ddp" / final)) < 1e-5
     evals = [m for m in read_metrics(out / "one", split="eval")]
     assert evals and 0 <= evals[-1]["val_nsp_accuracy"] <= 1 and evals[-1]["val_nsp_loss"] > 0
     assert "val_mlm_accuracy" in evals[-1]
@@ -120,3 +124,25 @@ def test_pairs_from_an_encoder_without_a_next_sentence_head(tiny_corpus, run_roo
         "next_sentence.pooler.weight", "next_sentence.pooler.bias", "next_sentence.classifier.weight",
         "next_sentence.classifier.bias"}
     assert "val_nsp_accuracy" in read_metrics(out / "run", split="eval")[-1]
+
+
+def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run_root):
+    """Pairs, their random halves and whole-word masks are drawn from the sample position: a run
+    SIGKILLed between checkpoints and resumed equals the uninterrupted one, losses and weights."""
+    import signal
+
+    from tests.train_harness import losses, start_and_signal
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    common = dict(objective="mlm", max_steps=10, save_interval=4, accumulation_steps=2, batch_size=4, warmup=2)
+    flags = ["--model.arch", "bert", "--model.n_kv_heads", "4", "--data.pairs", "true", "--data.whole_word_mask", "true"]
+    base = write_config(run_root / "base.yaml", corpus, data_dir, out, run_name="base", **common)
+    run_ok(train_cmd("--config", base, *flags))
+    cut = write_config(run_root / "cut.yaml", corpus, data_dir, out, run_name="cut", **common)
+    code, _, err = start_and_signal(train_cmd("--config", cut, *flags), str(out / "cut"), at_step=6, sig=signal.SIGKILL)
+    assert code == -signal.SIGKILL, err[-2000:]
+    assert max(r["step"] for r in read_metrics(str(out / "cut"))) not in (4, 8, 10)  # between checkpoints
+    run_ok(train_cmd("--config", cut, *flags, "--resume"))
+    assert losses(str(out / "base")) == losses(str(out / "cut")) and len(losses(str(out / "base"))) == 10
+    final = "checkpoint_step_10.pth"
+    assert max_weight_diff(weights(out / "base" / final), weights(out / "cut" / final)) == 0.0
