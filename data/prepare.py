@@ -14,9 +14,10 @@ from data.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 
-def _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit) -> dict:
+def _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit, prefix_field=None) -> dict:
     return {"inputs": [[os.path.abspath(f), input_size(f)] for f in files], "vocab_size": vocab_size,
-            "text_field": text_field, "max_length": max_length, "min_chars": min_chars, "text_unit": text_unit}
+            "text_field": text_field, "max_length": max_length, "min_chars": min_chars, "text_unit": text_unit,
+            **({"prefix_field": prefix_field} if prefix_field else {})}
 
 
 def _read_recipe(path: str):
@@ -32,18 +33,19 @@ def _read_recipe(path: str):
 
 
 def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 10_000_000, min_chars: int = 1,
-                     text_unit: str = "paragraph") -> str:
-    """out_dir/tokenizer.json, trained unless one made from the same recipe is already there."""
+                     text_unit: str = "paragraph", prefix_field=None) -> str:
+    """out_dir/tokenizer.json, trained unless one made from the same recipe is already there (with
+    prefix_field, on the prompts too: they are part of every document)."""
     path = os.path.join(out_dir, "tokenizer.json")
     recipe_path = path + ".recipe.json"
-    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit)
+    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit, prefix_field)
     if os.path.exists(path) and _read_recipe(recipe_path) == recipe:
         return path
     check_writable_dir(out_dir, "output directory")
     started = time.perf_counter()
     print(f"tokenizer: training byte-level BPE ({vocab_size} tokens) on {len(files)} file(s)...", flush=True)
     tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_length=max_length,
-                          min_chars=min_chars, text_unit=text_unit)
+                          min_chars=min_chars, text_unit=text_unit, prefix_field=prefix_field)
     write_json_atomic(recipe_path, recipe)
     print(f"tokenizer: byte-level BPE, {tok.vocab_size} tokens, trained in {time.perf_counter() - started:.1f}s -> {path}")
     return path
@@ -61,7 +63,8 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
     if tokenizer_path:
         load_tokenizer(tokenizer_path)  # fail early with its own message
     else:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length, min_chars, text_unit)
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length, min_chars, text_unit,
+                                          prefix_field)
     processor = DataProcessor(tokenizer_path, max_length=max_length, chunk_size=chunk_size, text_field=text_field,
                               val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit,
                               prefix_field=prefix_field)

@@ -167,13 +167,15 @@ def _bound_run(match) -> str:
 
 
 def training_texts(files, text_field: str, max_length: int, counts: dict, min_chars: int = 1,
-                   text_unit: str = "paragraph"):
+                   text_unit: str = "paragraph", prefix_field=None):
     """The corpus as tokenizer training reads it: records the processor would reject skipped (and
-    counted by reason), each document cut to TRAIN_MAX_DOC characters, runs over TRAIN_MAX_WORD bounded."""
+    counted by reason), each document cut to TRAIN_MAX_DOC characters, runs over TRAIN_MAX_WORD bounded.
+    prefix_field: each document is its prompt then its text, as the processor stores it."""
     from tqdm import tqdm
     with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
         for path in expand_inputs(files):
-            for text, reason, _, _ in iter_records(path, 0, text_field, max_length, min_chars, text_unit):
+            for text, reason, _, _ in iter_records(path, 0, text_field, max_length, min_chars, text_unit,
+                                                   prefix_field):
                 counts["read"] += 1
                 if text is None:
                     counts["rejected"][reason] = counts["rejected"].get(reason, 0) + 1
@@ -194,7 +196,7 @@ def training_texts(files, text_field: str, max_length: int, counts: dict, min_ch
 
 def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
                     max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
-                    say=print) -> Tokenizer:
+                    say=print, prefix_field=None) -> Tokenizer:
     if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
         raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
                         f"tokens), got {vocab_size}")
@@ -205,7 +207,7 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
     counts = {"read": 0, "rejected": {}, "documents": 0, "characters": 0, "documents_cut": 0, "words_cut": 0}
-    texts = training_texts(files, text_field, max_length, counts, min_chars, text_unit)
+    texts = training_texts(files, text_field, max_length, counts, min_chars, text_unit, prefix_field)
     backend.train_from_iterator(texts, trainer=trainer)
     if not counts["documents"]:  # a tokenizer of bytes alone would be of no use: say why instead
         raise nothing_usable(expand_inputs(files), counts["read"], counts["rejected"], text_field)

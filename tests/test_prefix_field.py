@@ -1,6 +1,6 @@
 """Prompt/completion corpora (data.prefix_field): the processor stores a record's prompt and text as one
-document and records where the prompt ends; a packed prefix LM then takes each document's prompt as
-its bidirectional prefix and its loss counts only the completions."""
+document (the tokenizer learns from both) and records where the prompt ends; a packed prefix LM then
+takes each document's prompt as its bidirectional prefix and its loss counts only the completions."""
 import json
 import os
 import random
@@ -14,7 +14,7 @@ from data.errors import DataError
 from data.prefix_split import prefix_lengths, prefix_path
 from data.prepare import prepare_corpus
 from data.token_bin import TokenBin
-from data.tokenizer import load_tokenizer
+from data.tokenizer import load_tokenizer, train_tokenizer
 from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
 from training.batches import fetch, make_windows
 
@@ -63,6 +63,12 @@ def test_processor_records_where_each_prompt_ends(tmp_path):
                 assert length < len(tok.encode(prompt))
                 merged += 1
     assert sorted(seen) == sorted(r["prompt"] + r["text"] for r in kept) and merged >= 1  # "...ki" + "ng"
+    # the tokenizer was trained on whole documents, prompts included: they take fewer tokens than with
+    # a tokenizer trained on the completions alone
+    completions_only = train_tokenizer([str(tmp_path / "qa.jsonl")], str(tmp_path / "c.json"), vocab_size=300,
+                                       say=lambda *a: None)
+    assert sum(len(tok.encode(r["prompt"])) for r in kept) < \
+        sum(len(completions_only.encode(r["prompt"])) for r in kept)
     # a second call finds everything up to date and rewrites nothing
     before = os.stat(prefix_path(paths["train_bin"])).st_mtime_ns
     prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), vocab_size=300, val_ratio=0.2,
