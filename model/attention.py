@@ -19,6 +19,33 @@ class KVCache:
         if self.length + new_tokens > self.max_len:
             raise ValueError(f"KV cache full: {self.length} + {new_tokens} tokens exceed its {self.max_len} positions")
 
+    def update(self, layer, k, v):
+        """Write k, v [B, Hkv, T, D] after the `length` cached positions; the keys and values to
+        attend to. The model advances `length` once all layers have written."""
+        end = self.length + k.shape[2]
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+    def at(self, slot: torch.Tensor) -> "CacheSlot":
+        """This cache written at the position held by the tensor `slot` ([1]), for decode steps."""
+        return CacheSlot(self, slot)
+
+
+class CacheSlot:
+    """A KVCache seen by one decoding step whose token goes to position `slot`, a tensor rather than
+    a Python int: every step then has the same shapes and no host state changes inside it, so a
+    compiled step is traced once. Attention reads all max_len positions, masked by the caller."""
+
+    def __init__(self, cache: KVCache, slot: torch.Tensor):
+        self.cache, self.slot = cache, slot
+
+    def update(self, layer, k, v):
+        k_all, v_all = self.cache.k[layer], self.cache.v[layer]
+        k_all.index_copy_(2, self.slot, k)
+        v_all.index_copy_(2, self.slot, v)
+        return k_all, v_all
+
 
 def _rotary_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim):
     """Fused q|k|v projection output [B, T, (H + 2 Hkv) * D] -> rotated q [B, H, T, D], rotated
@@ -90,10 +117,7 @@ class Attention(nn.Module):
         else:  # inference: no autograd bookkeeping
             q, k, v = self._heads(*heads)
         if cache is not None:
-            end = cache.length + t
-            cache.k[layer, :, :, cache.length:end] = k
-            cache.v[layer, :, :, cache.length:end] = v
-            k, v = cache.k[layer, :, :, :end], cache.v[layer, :, :, :end]
+            k, v = cache.update(layer, k, v)
         if self.n_kv_heads != self.n_heads:  # each K/V head serves a group of query heads
             groups = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)

@@ -32,61 +32,82 @@ class GenerationConfig:
                 raise ValueError(f"{name} must be {need}, got {getattr(self, name)}")
 
 
+# Cache lengths are rounded up to a multiple of this, so a compiled step (whose shapes include the
+# cache length) is reused across prompts of similar length; the extra keys are masked out.
+CACHE_ROUND = 64
+
+
 @torch.inference_mode()
 def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, eos_id: int, pad_id: int = 0,
-                    on_token: Optional[Callable[[int, int], bool]] = None) -> List[List[int]]:
+                    on_token: Optional[Callable[[int, int], bool]] = None, step=None) -> List[List[int]]:
     """New tokens for each prompt (eos not included). on_token(row, token) is called as tokens
     are produced; if it returns True that row stops. Prompts must already fit:
-    len(prompt) + max_new_tokens <= max_seq_len."""
+    len(prompt) + max_new_tokens <= max_seq_len. step: the decoding step to run (default
+    model.decode_step; compiled_step(model) is the compiled one).
+
+    Tokens are chosen, penalised and checked for eos on the model's device; they reach the host at
+    the end, or per step only when on_token needs them."""
     if not prompts:
         return []
     if min(len(p) for p in prompts) == 0:
         raise ValueError("every prompt needs at least one token (a bos token will do)")
     device = next(model.parameters()).device
-    batch = len(prompts)
-    width = max(len(p) for p in prompts)
-    total = width + config.max_new_tokens
-    ids = torch.full((batch, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((batch, total), dtype=torch.long)
+    step = step or model.decode_step
+    batch, width, new = len(prompts), max(len(p) for p in prompts), config.max_new_tokens
+    total = width + new
+    # Row b: left padding, its prompt, then its new tokens (the buffer the n-gram ban reads).
+    history = torch.full((batch, total), pad_id, dtype=torch.long)
+    real = torch.zeros((batch, total), dtype=torch.bool)
     for i, p in enumerate(prompts):
-        ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+        history[i, width - len(p):width] = torch.tensor(p, dtype=torch.long)
+        real[i, width - len(p):width] = True
+    history, real = history.to(device), real.to(device)
     padded = any(len(p) != width for p in prompts)
     generator = None
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-    cache = model.new_cache(batch, total)
-    history = [list(p) for p in prompts]
-    outputs = [[] for _ in prompts]
-    done = [False] * batch
+    cache_len = min(-(-total // CACHE_ROUND) * CACHE_ROUND, model.config.max_seq_len)
+    cache = model.new_cache(batch, cache_len)
+    prompt_mask = real[:, :width]
     # A prefix LM reads the whole prompt as its bidirectional prefix, then decodes causally.
-    prefix = {"in_prefix": mask[:, :width].bool()} if model.config.objective == "plm" else {}
-    logits = model(ids, attention_mask=mask[:, :width] if padded else None, cache=cache, **prefix).logits[:, -1]
+    prefix = {"in_prefix": prompt_mask} if model.config.objective == "plm" else {}
+    logits = model(history[:, :width], attention_mask=prompt_mask.long() if padded else None, cache=cache,
+                   **prefix).logits[:, -1]
+    key_mask = torch.zeros((batch, cache_len), dtype=torch.bool, device=device)
+    key_mask[:, :width] = prompt_mask
+    slot = torch.tensor([width], device=device)
+    positions = prompt_mask.sum(1)  # the first new token's position: the row's prompt length
     penalise = config.repetition_penalty != 1.0
     seen = seen_mask(prompts, logits.shape[-1], device) if penalise else None
     rows = torch.arange(batch, device=device)
-    for step in range(config.max_new_tokens):
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    # Reading a CPU tensor costs no device sync: stop as soon as every row is done. Elsewhere look
+    # only every few steps (a few wasted steps cost less than a sync per token).
+    check_every = 1 if device.type == "cpu" else 8
+    for i in range(new):
         logits = logits.float()
         if penalise:
             logits = repetition_penalty(logits, seen, config.repetition_penalty)
         if config.no_repeat_ngram_size:
-            logits = ban_repeated_ngrams(logits, history, config.no_repeat_ngram_size)
+            logits = ban_repeated_ngrams(logits, history[:, :width + i], real[:, :width + i],
+                                         config.no_repeat_ngram_size)
         next_tokens = choose(logits, config.do_sample, config.temperature, config.top_k, config.top_p, generator)
         if penalise:
             seen[rows, next_tokens] = True
-        for b, tok in enumerate(next_tokens.tolist()):
-            if done[b]:
-                continue
-            if config.stop_on_eos and tok == eos_id:
-                done[b] = True
-                continue
-            outputs[b].append(tok)
-            history[b].append(tok)
-            if on_token is not None and on_token(b, tok):
-                done[b] = True
-        if all(done) or step == config.max_new_tokens - 1:
+        if config.stop_on_eos:
+            done = done | (next_tokens == eos_id)
+        history[:, width + i] = next_tokens
+        real[:, width + i] = ~done
+        if on_token is not None:
+            for b, (tok, keep) in enumerate(zip(next_tokens.tolist(), real[:, width + i].tolist())):
+                if keep and on_token(b, tok):
+                    done[b] = True
+        if i == new - 1 or ((i + 1) % check_every == 0 and bool(done.all())):
             break
-        step_mask = mask[:, :width + step + 1] if padded else None
-        logits = model(next_tokens[:, None], attention_mask=step_mask, cache=cache).logits[:, -1]
-    return outputs
+        key_mask[:, width + i] = True
+        logits = step(next_tokens, cache, slot, positions, key_mask)
+        slot += 1
+        positions += 1
+    # A row's new tokens are the kept ones: contiguous from the start until it stopped.
+    kept = real[:, width:].sum(1).tolist()
+    return [row[width:width + n] for row, n in zip(history.tolist(), kept)]

@@ -25,19 +25,18 @@ def repetition_penalty(logits, seen, penalty: float):
     return torch.where(seen, penalised, logits)
 
 
-def ban_repeated_ngrams(logits, rows, n: int):
-    """Forbid any token that would complete an n-gram already present in that row."""
-    if n <= 0:
+def ban_repeated_ngrams(logits, seq, real, n: int):
+    """Forbid any token that would complete an n-gram already present in that row. seq [B, L]: each
+    row's tokens so far; real [B, L] bool, False at padding (a row's real tokens are contiguous and
+    end at L). All rows at once on the device: no token goes to the host."""
+    if n <= 0 or seq.shape[1] < n:
         return logits
-    logits = logits.clone()
-    for b, seq in enumerate(rows):
-        if len(seq) < n:
-            continue
-        prefix = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
-        banned = [seq[i + n - 1] for i in range(len(seq) - n + 1) if tuple(seq[i:i + n - 1]) == prefix]
-        if banned:
-            logits[b, banned] = NEG_INF
-    return logits
+    windows = seq.unfold(1, n, 1)                      # [B, L - n + 1, n], every n-gram
+    match = real.unfold(1, n, 1).all(-1)               # n-grams of real tokens only
+    if n > 1:                                          # ... whose first n - 1 tokens end the row now
+        match = match & (windows[..., :-1] == seq[:, None, seq.shape[1] - n + 1:]).all(-1)
+    hits = torch.zeros_like(logits).scatter_add_(1, windows[..., -1], match.to(logits.dtype))
+    return logits.masked_fill(hits > 0, NEG_INF)
 
 
 def top_k_filter(logits, k: int):

@@ -60,3 +60,6 @@ class ScriptedModel(torch.nn.Module):
         logits = torch.zeros(ids.shape[0], ids.shape[1], self.vocab)
         logits[:, -1, token] = 10.0
         return type("Out", (), {"logits": logits})()
+
+    def decode_step(self, tokens, cache, slot, positions, key_mask):
+        return self.forward(tokens[:, None]).logits[:, -1]

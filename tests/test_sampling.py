@@ -41,12 +41,37 @@ def test_repetition_penalty_rows_of_different_lengths_stay_apart():
     assert repetition_penalty(logits, seen, 3.0).tolist() == [[1.0, 3.0, 1.0], [3.0, 1.0, 3.0]]
 
 
+def _ngram_ban(rows, n):
+    """ban_repeated_ngrams on lists of tokens, left padded as generation pads them."""
+    width = max(len(r) for r in rows)
+    seq, real = torch.zeros(len(rows), width, dtype=torch.long), torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        if r:
+            seq[b, width - len(r):], real[b, width - len(r):] = torch.tensor(r), True
+    return ban_repeated_ngrams(torch.zeros(len(rows), 10), seq, real, n)
+
+
 def test_no_repeat_ngram_bans_completion():
-    logits = torch.zeros(1, 10)
-    out = ban_repeated_ngrams(logits, [[1, 2, 3, 1, 2]], 3)   # "1 2" was followed by 3 before
+    out = _ngram_ban([[1, 2, 3, 1, 2]], 3)   # "1 2" was followed by 3 before
     assert math.isinf(out[0, 3]) and torch.isfinite(out[0, [0, 1, 2, 4, 5]]).all()
-    out = ban_repeated_ngrams(logits, [[4, 4]], 1)             # unigram: every seen token banned
+    out = _ngram_ban([[4, 4]], 1)             # unigram: every seen token banned
     assert math.isinf(out[0, 4]) and torch.isfinite(out[0, 5])
+
+
+def test_no_repeat_ngram_on_padded_rows_equals_the_definition():
+    # Padding (id 0, also a real token here) never forms an n-gram; each row sees only its own.
+    g = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        n = 1 + trial % 4
+        rows = [torch.randint(0, 3, (int(torch.randint(0, 9, (1,), generator=g)),), generator=g).tolist()
+                for _ in range(3)]
+        if not any(rows):
+            continue
+        banned = torch.isinf(_ngram_ban(rows, n))
+        for b, r in enumerate(rows):
+            tail = tuple(r[len(r) - n + 1:]) if n > 1 else ()
+            expected = {r[i + n - 1] for i in range(len(r) - n + 1) if tuple(r[i:i + n - 1]) == tail}
+            assert set(banned[b].nonzero().flatten().tolist()) == (expected if len(r) >= n else set()), (rows, n)
 
 
 def test_temperature_sampling_follows_the_distribution():
