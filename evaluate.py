@@ -13,7 +13,8 @@ framed (eos, or [CLS] ... [SEP]) and concatenated in order.
 Causal models: loss, perplexity and bits per byte over non-overlapping windows of seq_len + 1
 tokens; prefix LMs the same over the tokens after each window's prefix, drawn from a fixed seed as
 training's validation draws them, or, with --prefix_field, each document's prompt (as training with
-data.prefix_field takes it). Masked models: masked loss and masked-token accuracy, the masks drawn from a fixed seed at
+data.prefix_field takes it). Masked models: masked loss and masked-token accuracy, the masks drawn
+from a fixed seed at
 --mask_rate with 80/10/10, so two runs give the same figures to the bit."""
 import argparse
 import contextlib
