@@ -74,13 +74,24 @@ def _die_with_parent() -> None:
     signal.signal(signal.SIGINT, lambda *_: os._exit(130))
 
 
-def _process_piece(piece, out_dir, tokenizer_path, settings, resume) -> dict:
+_processors = {}  # one DataProcessor (and tokenizer) per process, reused for every piece it takes
+
+
+def _processor(tokenizer_path, settings):
     from data.packer import DataProcessor
+    key = (tokenizer_path, tuple(sorted(settings.items())))
+    if key not in _processors:
+        _processors.clear()
+        _processors[key] = DataProcessor(tokenizer_path, show_progress=False, **settings)
+    return _processors[key]
+
+
+def _process_piece(piece, out_dir, tokenizer_path, settings, resume) -> dict:
     out = os.path.join(out_dir, shard_name("train", piece["index"]))
     # One writer per shard, even with a straggler from a killed run or a second machine on the same disk.
     with open(out + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        processor = DataProcessor(tokenizer_path, show_progress=False, **settings)
+        processor = _processor(tokenizer_path, settings)
         span = {"index": piece["index"], "start": piece["start"], "end": piece["end"]}
         processor.process_dataset(piece["path"], out, resume=resume, piece=span)
     os.remove(out + ".lock")
