@@ -142,6 +142,13 @@ def to_hf(checkpoint_path: str, out_dir: str, use_ema=None, fmt: str = "hf", say
 
 
 # ---- vocabulary expansion --------------------------------------------------------------------------
+def _match_form(tokenizer, word: str) -> str:
+    """The form in which the tokenizer matches a word: a lowercasing tokenizer reads Hath as hath,
+    so the two are one word (adding both would leave one row that no text ever reaches)."""
+    normalizer = tokenizer.backend.normalizer
+    return " ".join(normalizer.normalize_str(word).split()) if normalizer is not None else word
+
+
 def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "text") -> list:
     """The `top` most frequent words (at least min_count times) that the tokenizer splits into
     several pieces: the words a domain adds most often."""
@@ -149,15 +156,21 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     import re
 
     from data.sources import iter_texts
-    counts = collections.Counter()
+    counts, surface = collections.Counter(), {}
     for text in iter_texts(files, text_field):
-        counts.update(w for w in re.findall(r"\w+", text) if 2 <= len(w) <= 24)
+        for w in re.findall(r"\w+", text):
+            if 2 <= len(w) <= 24:
+                key = surface.setdefault(w, _match_form(tokenizer, w))
+                counts[key] += 1
+    first = {}
+    for w, key in surface.items():
+        first.setdefault(key, w)  # the first spelling seen stands for the word
     words = []
-    for word, n in counts.most_common():
+    for key, n in counts.most_common():
         if n < min_count or len(words) >= top:
             break
-        if len(tokenizer.encode(word)) > 1:
-            words.append(word)
+        if len(tokenizer.encode(first[key])) > 1:
+            words.append(first[key])
     return words
 
 
@@ -174,9 +187,12 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     tokenizer = checkpoint.tokenizer_of(state)
     cfg = dict(state["model_config"])
     old_size, old_fingerprint = tokenizer.vocab_size, tokenizer.fingerprint()
-    new, skipped = [], []
+    new, skipped, forms = [], [], set()
     for w in dict.fromkeys(x.strip() for x in words if x.strip()):
-        (new if len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None else skipped).append(w)
+        form = _match_form(tokenizer, w)
+        fresh = form not in forms and len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None
+        (new if fresh else skipped).append(w)
+        forms.add(form)
     if not new:
         raise ConvertError("no new tokens to add: every word given is already a single token")
     pieces = {w: tokenizer.encode(w) for w in new}
@@ -207,7 +223,8 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
                      tokenizer=tokenizer, evaluated="model",
                      vocab_expansion={"new_rows_from": old_size, "expanded_from": old_fingerprint})
     say(f"added {len(new)} tokens (ids {old_size}..{old_size + len(new) - 1})"
-        + (f"; {len(skipped)} already single tokens were skipped" if skipped else "")
+        + (f"; {len(skipped)} already single tokens (or another spelling of a word added) were skipped"
+           if skipped else "")
         + f"; each new row starts as the mean of its old pieces -> {out_path}")
     return {"added": new, "skipped": skipped, "ids": ids}
 

@@ -70,3 +70,18 @@ def test_import_expand_train_evaluate_export_and_fill_mask(corpus):
     assert max(abs(a["score"] - b["score"]) for a, b in zip(theirs, ours)) < 1e-4
     assert [c["sequence"] for c in theirs] == [c["sequence"] for c in ours]
     assert pipe.tokenizer.tokenize("queenliness") == ["queenliness"]  # the new word is one token there too
+
+
+def test_expansion_adds_a_word_once_in_the_form_the_tokenizer_matches(tmp_path):
+    """MiniLM's tokenizer lowercases: Hath and hath are one word, and a Chinese word is matched
+    inside running text between other characters."""
+    import checkpoint
+    from convert import expand_vocab, from_hf
+    quiet = lambda *_: None  # noqa: E731
+    from_hf(MODEL_DIR, str(tmp_path / "init.pth"), say=quiet)
+    result = expand_vocab(str(tmp_path / "init.pth"), str(tmp_path / "x.pth"), ["Hath", "hath", "今天心情"], say=quiet)
+    assert result["added"] == ["Hath", "今天心情"] and result["skipped"] == ["hath"]
+    tok = checkpoint.tokenizer_of(checkpoint.load_checkpoint(str(tmp_path / "x.pth")))
+    hath, word = result["ids"]
+    assert tok.encode("hath HATH Hath") == [hath] * 3
+    assert word in tok.encode("我今天心情很好")
