@@ -15,7 +15,9 @@ tokens; prefix LMs the same over the tokens after each window's prefix, drawn fr
 training's validation draws them, or, with --prefix_field, each document's prompt (as training with
 data.prefix_field takes it). Masked models: masked loss and masked-token accuracy, the masks drawn
 from a fixed seed at
---mask_rate with 80/10/10, so two runs give the same figures to the bit."""
+--mask_rate with 80/10/10, so two runs give the same figures to the bit; a model with BERT's
+next-sentence head (data.pairs, BertForPreTraining) also gets its next-sentence accuracy, on the
+sentence pairs training's validation would draw from the same text."""
 import argparse
 import contextlib
 import json
@@ -33,6 +35,7 @@ from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
 from data.documents import DocumentIndex
 from data.prefix_split import prefix_lengths, prompt_length
 from data.errors import DataError
+from data.pairs import PairWindows
 from data.sources import TEXT_UNITS, iter_records, nothing_usable
 from data.token_bin import TokenBin, token_dtype
 from training.batches import EVAL_SEED, evaluate, masker_for
@@ -258,6 +261,12 @@ def run(args) -> dict:
         result["bits_per_byte"] = metrics["val_bpb"]
     else:
         result.update(accuracy=metrics["val_mlm_accuracy"], mask_rate=args.mask_rate, mask_seed=EVAL_SEED)
+    if config.next_sentence:  # the masked figures above stay on plain windows, comparable with any masked model
+        pairs = PairWindows(token_bin, seq_len, masker, tokenizer)
+        nsp = evaluate(model, pairs, args.batch_size, args.max_batches, bytes_per_token, DistInfo(), device, autocast)
+        if nsp:
+            n_pairs = len(pairs) if args.max_batches <= 0 else min(len(pairs), args.max_batches * args.batch_size)
+            result.update(pairs=n_pairs, nsp_loss=nsp["val_nsp_loss"], nsp_accuracy=nsp["val_nsp_accuracy"])
     return result
 
 
@@ -284,6 +293,9 @@ def report(r: dict) -> str:
     else:
         lines += [f"masked loss  {r['loss']:.4f}  (perplexity {r['perplexity']:.3f})",
                   f"accuracy     {r['accuracy']:.4f}  (mask rate {r['mask_rate']}, 80/10/10, seed {r['mask_seed']})"]
+        if "nsp_accuracy" in r:
+            lines.append(f"next sentence accuracy {r['nsp_accuracy']:.4f}  (loss {r['nsp_loss']:.4f}; "
+                         f"{r['pairs']:,} sentence pairs, B from another document half of the time)")
     return "\n".join(lines)
 
 

@@ -22,7 +22,8 @@ class PairWindows(MaskedWindows):
 
     def __init__(self, token_bin, seq_len: int, masker, tokenizer):
         if tokenizer.bos_id is None:
-            raise DataError("sentence pairs start with [CLS] (the tokenizer's bos / cls token); this tokenizer has none")
+            raise DataError("sentence pairs start with [CLS] (the tokenizer's bos / cls token); "
+                            "this tokenizer has none")
         if seq_len < 5:
             raise DataError(f"sentence pairs need windows of at least 5 tokens ([CLS] A [SEP] B [SEP]), got {seq_len}")
         self.tokens, self.seq_len, self.masker, self.documents = token_bin.tokens, seq_len, masker, None
@@ -73,8 +74,8 @@ class PairWindows(MaskedWindows):
         starts = None
         if self.word_starts is not None:  # whole-word masking: each segment's own word starts
             yes = torch.ones(1, dtype=torch.bool)
-            starts = torch.cat([yes, self.word_starts.window(start, a_len), yes, self.word_starts.window(b_start, b_len),
-                                yes, torch.ones(len(pad), dtype=torch.bool)])
+            starts = torch.cat([yes, self.word_starts.window(start, a_len), yes,
+                                self.word_starts.window(b_start, b_len), yes, torch.ones(len(pad), dtype=torch.bool)])
         inputs, labels = self.masker(ids, generator, starts)
         types = torch.zeros(self.seq_len, dtype=torch.long)
         types[a_len + 2:real] = 1

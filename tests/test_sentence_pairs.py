@@ -2,7 +2,9 @@
 that follows A, or half of the time a run of another document; token types and padding as BERT
 has them; a pure function of (seed, position); trained as masked loss + next-sentence loss, with
 the next-sentence part normalised over the global batch, and evaluated with NSP accuracy."""
+import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -13,8 +15,8 @@ from data.pairs import IS_NEXT, IS_RANDOM, PairWindows
 from data.prepare import prepare_corpus
 from data.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
-from tests.train_harness import max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd, weights, \
-    write_config, write_corpus
+from tests.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd,
+                                 weights, write_config, write_corpus)
 from training.batches import fetch
 from utils import IGNORE_INDEX
 
@@ -106,6 +108,12 @@ def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(t
     evals = [m for m in read_metrics(out / "one", split="eval")]
     assert evals and 0 <= evals[-1]["val_nsp_accuracy"] <= 1 and evals[-1]["val_nsp_loss"] > 0
     assert "val_mlm_accuracy" in evals[-1]
+    # evaluate.py scores the same validation pairs as training's evaluation did, to the same figures
+    proc = run_ok([sys.executable, os.path.join(ROOT, "evaluate.py"), "--model_path", str(out / "one" / "best.pth"),
+                   "--data", os.path.join(data_dir, "val.bin"), "--max_batches", "2", "--batch_size", "8", "--json"])
+    scored = json.loads(proc.stdout)
+    assert scored["nsp_accuracy"] == evals[-1]["val_nsp_accuracy"] and scored["pairs"] == 16
+    assert scored["nsp_loss"] == pytest.approx(evals[-1]["val_nsp_loss"], rel=1e-6)
     proc = run(train_cmd("--config", one, "--data.pairs", "true", "--run_name", "llama", "--force-fresh"))
     assert proc.returncode == 2 and "data.pairs needs a masked model with two token types" in proc.stderr
 
@@ -118,7 +126,8 @@ def test_pairs_from_an_encoder_without_a_next_sentence_head(tiny_corpus, run_roo
     cfg = write_config(run_root / "init.yaml", corpus, str(run_root / "data"), out, objective="mlm", max_steps=2,
                        warmup=1, batch_size=2, eval_interval=2, eval_batches=1)
     proc = run_ok(train_cmd("--config", cfg, "--init_from", MINILM_DIR, "--data.pairs", "true", "--data.seq_len", "32"))
-    assert "has no next-sentence head; it starts freshly initialised for data.pairs (4 tensors)" in proc.stdout + proc.stderr
+    note = "has no next-sentence head; it starts freshly initialised for data.pairs (4 tensors)"
+    assert note in proc.stdout + proc.stderr
     trained = weights(out / "run" / "checkpoint_step_2.pth")
     assert {k for k in trained if k.startswith("next_sentence.")} == {
         "next_sentence.pooler.weight", "next_sentence.pooler.bias", "next_sentence.classifier.weight",
@@ -135,7 +144,8 @@ def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run
     corpus, data_dir = tiny_corpus
     out = run_root / "out"
     common = dict(objective="mlm", max_steps=10, save_interval=4, accumulation_steps=2, batch_size=4, warmup=2)
-    flags = ["--model.arch", "bert", "--model.n_kv_heads", "4", "--data.pairs", "true", "--data.whole_word_mask", "true"]
+    flags = ["--model.arch", "bert", "--model.n_kv_heads", "4", "--data.pairs", "true",
+             "--data.whole_word_mask", "true"]
     base = write_config(run_root / "base.yaml", corpus, data_dir, out, run_name="base", **common)
     run_ok(train_cmd("--config", base, *flags))
     cut = write_config(run_root / "cut.yaml", corpus, data_dir, out, run_name="cut", **common)
