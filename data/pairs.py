@@ -29,11 +29,11 @@ class PairWindows(MaskedWindows):
         self.tokens, self.seq_len, self.masker, self.documents = token_bin.tokens, seq_len, masker, None
         self.cls_id, self.sep_id, self.pad_id = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
         offsets = token_bin.doc_offsets().astype(np.int64)
-        starts, ends = offsets[:-1].copy(), offsets[1:].copy()
-        if len(starts):  # leave out each document's framing: [CLS] ... [SEP], or ... eos
-            starts += (ends > starts) & (self.tokens[np.minimum(starts, max(len(self.tokens) - 1, 0))] == self.cls_id)
-            ends -= (ends > starts) & (self.tokens[np.maximum(ends - 1, 0)] == self.sep_id)
-        self.text_start, self.text_len = starts, ends - starts
+        # Each document's text without the framing the processor gave it: [CLS] ... [SEP], or ... eos.
+        lead = len(tokenizer.frame([])) - 1
+        starts = offsets[:-1] + lead
+        self.text_start, self.text_len = starts, np.maximum(offsets[1:] - 1 - starts, 0)
+        ends = starts + self.text_len
         self.other_docs = np.nonzero(self.text_len > 0)[0]  # where a random B can come from
         room = seq_len - 3
         per_doc = -(-self.text_len // room)  # ceil

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from data.errors import DataError
 from data.fault_points import fault_point
 from data.token_bin import TokenBin, idx_path
+from data.token_shards import open_bin
 from data.word_boundaries import SEGMENTER, WordBoundaries
 from utils import OutputError, write_json_atomic
 
@@ -81,16 +82,22 @@ def _committed_bytes(blocks_done: int, block: int, n_tokens: int) -> int:
     return math.ceil(min(blocks_done * block, n_tokens) / 8)
 
 
-def ensure_word_starts(bin_path: str, tokenizer, show_progress: bool = True, block: int = BLOCK) -> str:
-    """bin_path's word-start file, computed (or finished) unless an up-to-date one is there; block:
-    tokens per commit (a multiple of 8)."""
+def ensure_word_starts(bin_path: str, tokenizer, show_progress: bool = True, block: int = BLOCK) -> None:
+    """The word-start file of bin_path (of each of its shards, for a manifest.json or a glob: read as
+    one file, their bits are those of one .bin holding the same tokens, since every shard starts a
+    document), computed or finished unless an up-to-date one is there; block: tokens per commit."""
     if block < 8 or block % 8:
         raise ValueError(f"block must be a positive multiple of 8, got {block}")
-    token_bin = TokenBin(bin_path)
+    for shard in getattr(open_bin(bin_path), "shards", None) or [TokenBin(bin_path)]:
+        _ensure_one(shard, tokenizer, show_progress, block)
+
+
+def _ensure_one(token_bin: TokenBin, tokenizer, show_progress: bool, block: int) -> None:
+    bin_path = token_bin.path
     identity = _identity(token_bin, tokenizer)
     final, meta, progress = words_path(bin_path), words_meta_path(bin_path), words_path(bin_path) + ".progress.json"
     if _read_json(meta) == identity and os.path.exists(final):
-        return final
+        return
     if not os.path.isfile(idx_path(bin_path)):
         raise DataError(f"{bin_path} has no document index {idx_path(bin_path)}; process the corpus again")
     state = _read_json(progress)
@@ -130,20 +137,28 @@ def ensure_word_starts(bin_path: str, tokenizer, show_progress: bool = True, blo
     except OSError as e:
         raise OutputError(f"cannot write the word-start file {final}: {e.strerror or e}; free space or fix "
                           "permissions and run again to resume") from None
-    return final
 
 
 class WordStarts:
-    """Read-only view of a word-start file checked against its .bin: word starts of any window."""
+    """Read-only view of the word-start file(s) of a .bin or of its shards (a ShardedBin), each
+    checked against its .bin: word starts of any window, across shard edges too."""
 
-    def __init__(self, token_bin: TokenBin, tokenizer):
-        path = words_path(token_bin.path)
-        if _read_json(words_meta_path(token_bin.path)) != _identity(token_bin, tokenizer) or not os.path.exists(path):
-            raise DataError(f"{path} is missing or stale for {token_bin.path}; python -m data.processor "
-                            "--word_starts (or a training run with data.whole_word_mask) writes it")
-        self.bits = np.memmap(path, dtype=np.uint8, mode="r") if len(token_bin) else np.zeros(0, np.uint8)
+    def __init__(self, token_bin, tokenizer):
+        self.parts, self.starts = [], [0]
+        for shard in getattr(token_bin, "shards", None) or [token_bin]:
+            path = words_path(shard.path)
+            if _read_json(words_meta_path(shard.path)) != _identity(shard, tokenizer) or not os.path.exists(path):
+                raise DataError(f"{path} is missing or stale for {shard.path}; python -m data.processor "
+                                "--word_starts (or a training run with data.whole_word_mask) writes it")
+            self.parts.append(np.memmap(path, dtype=np.uint8, mode="r") if len(shard) else np.zeros(0, np.uint8))
+            self.starts.append(self.starts[-1] + len(shard))
 
     def window(self, start: int, length: int) -> torch.Tensor:
-        first = start // 8
-        bits = np.unpackbits(self.bits[first:(start + length + 7) // 8])
-        return torch.from_numpy(bits[start - first * 8:start - first * 8 + length].astype(bool))
+        pieces, end = [], start + length
+        for bits, lo, hi in zip(self.parts, self.starts[:-1], self.starts[1:]):
+            a, z = max(start, lo) - lo, min(end, hi) - lo
+            if a < z:
+                first = a // 8
+                unpacked = np.unpackbits(bits[first:(z + 7) // 8])
+                pieces.append(unpacked[a - first * 8:z - first * 8])
+        return torch.from_numpy(np.concatenate(pieces).astype(bool) if pieces else np.zeros(0, bool))

@@ -156,3 +156,30 @@ def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run
     assert losses(str(out / "base")) == losses(str(out / "cut")) and len(losses(str(out / "base"))) == 10
     final = "checkpoint_step_10.pth"
     assert max_weight_diff(weights(out / "base" / final), weights(out / "cut" / final)) == 0.0
+
+
+def test_pairs_over_token_shards_are_those_of_one_file(tmp_path):
+    """Pairs read through a shard manifest (python -m data.processor --shard_mb) equal the pairs of
+    one token file holding the shards' tokens one after another."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from data.token_shards import open_bin
+    write_corpus(tmp_path / "c.jsonl", n_docs=60)
+    subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "c.jsonl"),
+                    "--out_dir", str(tmp_path / "out"), "--tokenizer", MINILM_DIR, "--shard_mb", "0.005",
+                    "--val_ratio", "0"], cwd=ROOT,
+                   env=dict(os.environ, PYTHONPATH=ROOT), check=True, capture_output=True)
+    sharded = open_bin(str(tmp_path / "out" / "manifest.json"))
+    assert len(sharded.shards) >= 2
+    bases = np.cumsum([0] + [len(s) for s in sharded.shards])
+    one = SimpleNamespace(path="one", tokens=np.concatenate([s.tokens for s in sharded.shards]),
+                          doc_offsets=lambda: np.concatenate([[0]] + [s.doc_offsets()[1:] + b
+                                                                      for s, b in zip(sharded.shards, bases)]))
+    tok = load_tokenizer(MINILM_DIR)
+    masker = MLMMasker(tok.mask_id, tok.special_ids, tok.vocab_size)
+    a, b = PairWindows(sharded, SEQ, masker, tok), PairWindows(one, SEQ, masker, tok)
+    assert len(a) == len(b) > 20
+    for p in range(len(a)):
+        x, y = fetch(a, p, 4, p), fetch(b, p, 4, p)
+        assert all(torch.equal(x[k], y[k]) for k in x)

@@ -255,3 +255,31 @@ def test_training_with_whole_words_writes_the_word_file_and_refuses_causal_model
     proc = run(train_cmd("--config", cfg, "--data.whole_word_mask", "true"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert "data.whole_word_mask is for masked models (model.objective mlm), not clm" in proc.stderr
+
+
+def test_sharded_token_files_get_the_bits_of_one_file(bert, tmp_path):
+    """A manifest of token shards (python -m data.processor --shard_mb): each shard gets its own
+    word-start file, and read through the manifest the bits are those of one .bin holding the
+    shards' tokens one after another, windows across shard edges included."""
+    from data.token_shards import open_bin
+    from data.word_starts import block_starts
+    texts = [f"{ENGLISH} {CHINESE} {i}" for i in range(30)]
+    write_jsonl(tmp_path / "a.jsonl", texts[:15]), write_jsonl(tmp_path / "b.jsonl", texts[15:])
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl"),
+                    "--out_dir", str(tmp_path / "out"), "--tokenizer", MINILM_DIR, "--shard_mb", "0.002",
+                    "--val_ratio", "0"], cwd=ROOT, env=env, check=True, capture_output=True)
+    manifest = str(tmp_path / "out" / "manifest.json")
+    sharded = open_bin(manifest)
+    assert len(sharded.shards) >= 3
+    ensure_word_starts(manifest, bert, show_progress=False)
+    assert all(os.path.exists(words_path(s.path)) for s in sharded.shards)
+    tokens = np.concatenate([s.tokens for s in sharded.shards])
+    offsets = np.concatenate([[0]] + [s.doc_offsets()[1:] + base for s, base in
+                                      zip(sharded.shards, np.cumsum([0] + [len(s) for s in sharded.shards]))])
+    one_file = block_starts(tokens, offsets.astype(np.int64), 0, len(tokens), WordBoundaries(bert), {})
+    view = WordStarts(sharded, bert)
+    assert view.window(0, len(tokens)).numpy().tolist() == one_file.tolist()
+    edge = len(sharded.shards[0])
+    assert view.window(edge - 5, 11).numpy().tolist() == one_file[edge - 5:edge + 6].tolist()
+    assert not one_file.all() and one_file.any()
