@@ -1,13 +1,16 @@
 """Processor throughput and memory, against the tokenizer's bare batch encode of the same text.
 
     python bench/bench_processor.py [--repeats 3]      # sample corpus at 1x and 10x
+    python bench/bench_processor.py --repeats 1 --workers 1 2   # and sharded runs with 1 and 2 worker processes
 
 Every measurement runs in a fresh process, so its peak RSS is that job's alone. The bare encode
 gets the processor's own batches, read and parsed before its clock starts: it is the ceiling the
 processor (reading, validating, tokenizing, writing, fsync, progress commits) is measured against.
 Runs alternate between the two jobs and the best of --repeats is kept, so a busy machine slows
 both alike rather than one of them; CPU seconds (user + system, all threads) are printed too, as
-other tenants of a shared machine move them far less than wall time."""
+other tenants of a shared machine move them far less than wall time. Sharded runs (--workers) cut
+the corpus into 4 MB byte ranges processed by K worker processes (data/shards.py); their CPU time
+includes the workers', their peak RSS is the largest single process's."""
 import argparse
 import json
 import os
@@ -23,9 +26,11 @@ import json, os, sys, time, resource
 sys.path.insert(0, {root!r})
 from data.processor import DataProcessor
 job, corpus, tok_path, out = sys.argv[1:5]
+SHARD_MB = 4.0  # fixed pieces: a larger corpus means more pieces, not larger ones
 def cpu_seconds():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
+def peak_rss_mb():
+    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
 proc = DataProcessor(tok_path, val_ratio=0.05, show_progress=False)
 if job == "encode":
     from tqdm import tqdm
@@ -34,14 +39,23 @@ if job == "encode":
     n_bytes = sum(len(t.encode()) for b in batches for t in b)
     start, cpu_start = time.perf_counter(), cpu_seconds()
     n_tokens = sum(len(ids) + 1 for b in batches for ids in proc.tokenizer.encode_batch(b))  # + eos, as written
+elif job.startswith("workers"):
+    from data.shards import process_sharded
+    settings = dict(text_field="text", val_ratio=0.05, seed=0, chunk_size=2048, max_length=10_000_000, min_chars=1,
+                    text_unit="paragraph")
+    start, cpu_start = time.perf_counter(), cpu_seconds()
+    summary = process_sharded([corpus], os.path.join(os.path.dirname(out), "shards"), tok_path, settings,
+                              workers=int(job[len("workers"):]), shard_mb=SHARD_MB,
+                              resume=False, show_progress=False)
+    n_tokens = summary["tokens"]
+    n_bytes = sum(s["text_bytes"] for r in summary["results"] for s in r["stats"]["splits"].values())
 else:
     start, cpu_start = time.perf_counter(), cpu_seconds()
     proc.process_dataset(corpus, out, resume=False)
     n_tokens = proc.timing["tokens"]
     n_bytes = sum(s["text_bytes"] for s in proc.stats["splits"].values())
 seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-print(json.dumps(dict(tokens=n_tokens, bytes=n_bytes, seconds=seconds, cpu=cpu,
-                      rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
+print(json.dumps(dict(tokens=n_tokens, bytes=n_bytes, seconds=seconds, cpu=cpu, rss_mb=peak_rss_mb())))
 """
 
 
@@ -53,11 +67,11 @@ def run_child(job, corpus, tok, out) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def measure(corpus, tok, out, repeats) -> dict:
+def measure(corpus, tok, out, repeats, jobs) -> dict:
     """Best time and highest peak RSS of each job over `repeats` alternating runs."""
     best = {}
     for _ in range(repeats):
-        for job in ("encode", "process"):
+        for job in jobs:
             r = run_child(job, corpus, tok, out)
             b = best.setdefault(job, dict(r))
             b["seconds"], b["rss_mb"] = min(b["seconds"], r["seconds"]), max(b["rss_mb"], r["rss_mb"])
@@ -68,6 +82,8 @@ def measure(corpus, tok, out, repeats) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs of each job per corpus; the best is kept")
+    parser.add_argument("--workers", type=int, nargs="*", default=[], help="also time sharded runs with these "
+                                                                           "numbers of worker processes")
     args = parser.parse_args()
     from data.prepare import ensure_tokenizer
     from data.sample import build_sample_corpus
@@ -84,16 +100,19 @@ def main():
               f"{'peak RSS MiB':>13s}")
         results = {}
         for name, corpus in (("sample x1", sample), ("sample x10", big)):
-            results[name] = measure(corpus, tok, os.path.join(tmp, "train.bin"), args.repeats)
-            for job, label in (("encode", "bare encode"), ("process", "processor")):
+            sharded = [(f"workers{k}", f"{k} worker(s)") for k in args.workers]
+            jobs = [("encode", "bare encode"), ("process", "processor")] + sharded
+            results[name] = measure(corpus, tok, os.path.join(tmp, "train.bin"), args.repeats, [j for j, _ in jobs])
+            for job, label in jobs:
                 r = results[name][job]
                 print(f"{name:11s} {label:14s} {r['bytes'] / 1e6:8.1f} {r['tokens'] / r['seconds']:11,.0f} "
                       f"{r['bytes'] / 1e6 / r['seconds']:7.2f} {r['cpu']:7.2f} {r['rss_mb']:13.0f}")
             enc, pro = results[name]["encode"], results[name]["process"]
             print(f"{name:11s} processor throughput = {enc['seconds'] / pro['seconds'] * 100:.0f}% of bare batch "
                   f"encode (by CPU time: {enc['cpu'] / pro['cpu'] * 100:.0f}%)")
-        growth = results["sample x10"]["process"]["rss_mb"] / results["sample x1"]["process"]["rss_mb"] - 1
-        print(f"processor peak RSS, 10x corpus vs 1x: {growth * 100:+.1f}%")
+        for job, label in [("process", "processor")] + sharded:
+            growth = results["sample x10"][job]["rss_mb"] / results["sample x1"][job]["rss_mb"] - 1
+            print(f"{label} peak RSS, 10x corpus vs 1x: {growth * 100:+.1f}%")
 
 
 if __name__ == "__main__":
