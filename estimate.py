@@ -85,6 +85,9 @@ def main(argv=None) -> int:
           f"({tokens_per_step:,} tokens)")
     print("not included: the framework's own memory (a CUDA context is about 0.5-1 GiB) and allocator "
           "fragmentation; leave 10-20% headroom")
+    if model_cfg.objective == "mlm":
+        print("also not included: the masked-LM head's logits at the masked positions "
+              f"(about {kw['head_fraction']:.0%} of the tokens x the vocabulary, in the compute dtype and fp32)")
     return 0
 
 

@@ -13,7 +13,9 @@ inputs are 4 bytes; q, k, v, their rotated copies, the attention output and the 
 in the compute dtype; SwiGLU keeps four hidden-sized tensors (gate, up, activated gate, product),
 a GELU MLP two; attention keeps one fp32 log-sum-exp per head. The chunked loss keeps the output
 head's fp32 gradient from forward to backward, and under autocast every matmul weight is cached in
-the compute dtype for the whole forward."""
+the compute dtype for the whole forward. Measured against: the default (llama) causal block. Other
+families are counted with their feed-forward's saved tensors; a masked LM's logits at the masked
+positions are not counted."""
 from dataclasses import dataclass
 
 import torch
@@ -98,8 +100,10 @@ def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str 
     acts = activation_bytes(cfg, tokens, compute_bytes, cfg.gradient_checkpointing, weight_cache=not fsdp)
     other = activation_bytes(cfg, tokens, compute_bytes, not cfg.gradient_checkpointing, weight_cache=not fsdp)
     # Gradients are None between steps (zero_grad(set_to_none)) with one micro-step: early in backward
-    # the activations are all alive, at the optimizer step all the gradients; both hold the head's
-    # gradient. With accumulation, the gradients of earlier micro-steps live through the forward.
+    # the activations are all alive, at the optimizer step all the gradients. Either moment also holds
+    # one more head-sized fp32 gradient: the loss hands back a copy of the one it stored, and the
+    # embedding's own gradient is summed into it at the end. With accumulation, the gradients of
+    # earlier micro-steps live through the forward.
     fixed = weights + optim + ema + buckets + gathered
     head = cfg.vocab_size * cfg.dim * 4
     if accumulation_steps > 1:
