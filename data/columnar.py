@@ -1,7 +1,8 @@
 """Documents from columnar inputs, read in streamed record batches through pyarrow, never whole:
-a Parquet file (.parquet), or a directory a Hugging Face `datasets.Dataset.save_to_disk` wrote
-(state.json naming its Arrow stream files, memory-mapped). A record's position is its row number,
-so a reader resumes at any row; the text column is --text_field."""
+a Parquet file (.parquet; pyarrow decodes one row group's column at a time, so a row group is what
+memory holds), or a directory a Hugging Face `datasets.Dataset.save_to_disk` wrote (state.json
+naming its Arrow stream files, memory-mapped, read batch by batch). A record's position is its row
+number, so a reader resumes at any row; the text column is --text_field."""
 import json
 import os
 
