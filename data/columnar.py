@@ -62,8 +62,8 @@ def _parquet_batches(pa, path, column, start):
             groups.append(g)
         else:
             first += rows
-    if groups:
-        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=groups, columns=[column]):
+    for g in groups:  # one row group per call: over all of them at once pyarrow's memory grew with the file
+        for batch in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=[column], use_threads=False):
             yield batch, first
             first += batch.num_rows
 
