@@ -10,9 +10,11 @@ class KVCache:
     """Keys and values of every layer for a batch, preallocated to max_len positions."""
 
     def __init__(self, n_layers, batch_size, n_kv_heads, max_len, head_dim, device=None, dtype=torch.float32):
-        shape = (n_layers, batch_size, n_kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        shape = (batch_size, n_kv_heads, max_len, head_dim)
+        # A tensor per layer, not one stacked tensor: a compiled step then writes each layer's slot in
+        # place, where a write into a view of one shared tensor made it copy the whole cache per step.
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layers)]
         self.max_len, self.length = max_len, 0
 
     def check_room(self, new_tokens: int) -> None:
@@ -23,28 +25,30 @@ class KVCache:
         """Write k, v [B, Hkv, T, D] after the `length` cached positions; the keys and values to
         attend to. The model advances `length` once all layers have written."""
         end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer][:, :, self.length:end] = k
+        self.v[layer][:, :, self.length:end] = v
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
-    def at(self, slot: torch.Tensor) -> "CacheSlot":
-        """This cache written at the position held by the tensor `slot` ([1]), for decode steps."""
-        return CacheSlot(self, slot)
+    def at(self, slot: torch.Tensor, keys: int) -> "CacheSlot":
+        """This cache written at the position held by the tensor `slot` ([1]), its first `keys`
+        positions attended to, for decode steps."""
+        return CacheSlot(self, slot, keys)
 
 
 class CacheSlot:
     """A KVCache seen by one decoding step whose token goes to position `slot`, a tensor rather than
     a Python int: every step then has the same shapes and no host state changes inside it, so a
-    compiled step is traced once. Attention reads all max_len positions, masked by the caller."""
+    compiled step is traced once (given keys = max_len). Attention reads the first `keys` positions,
+    masked by the caller."""
 
-    def __init__(self, cache: KVCache, slot: torch.Tensor):
-        self.cache, self.slot = cache, slot
+    def __init__(self, cache: KVCache, slot: torch.Tensor, keys: int):
+        self.cache, self.slot, self.keys = cache, slot, keys
 
     def update(self, layer, k, v):
         k_all, v_all = self.cache.k[layer], self.cache.v[layer]
         k_all.index_copy_(2, self.slot, k)
         v_all.index_copy_(2, self.slot, v)
-        return k_all, v_all
+        return k_all[:, :, :self.keys], v_all[:, :, :self.keys]
 
 
 def _rotary_heads(qkv, cos, sin, n_heads, n_kv_heads, head_dim):
@@ -89,6 +93,20 @@ class _RotaryHeads(torch.autograd.Function):
         return grad.flatten(2), None, None, None, None, None
 
 
+def _one_query_attention(q, k, v, mask, n_kv_heads):
+    """Attention of a single query per row, q [B, H, 1, D], over k, v [B, Hkv, S, D] (mask: bool,
+    broadcasting to [B, 1, 1, S], or None): a decoding step. SDPA's CPU kernel is blocked for long
+    queries and spends about as long on one query as the block's matmuls; here it is two small
+    matmuls and a softmax. Query heads are grouped onto their K/V head by a view, never copying
+    the cache as repeat_interleave would."""
+    b, h, _, d = q.shape
+    q = q.reshape(b, n_kv_heads, h // n_kv_heads, d) * d ** -0.5   # [B, Hkv, group, D]
+    scores = q @ k.transpose(-1, -2)                                 # [B, Hkv, group, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (torch.softmax(scores, dim=-1) @ v).reshape(b, h, 1, d)
+
+
 class Attention(nn.Module):
     def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True, qkv_bias=None):
         """bias: a bias on the output projection, and on q/k/v too unless qkv_bias says otherwise
@@ -118,6 +136,8 @@ class Attention(nn.Module):
             q, k, v = self._heads(*heads)
         if cache is not None:
             k, v = cache.update(layer, k, v)
+        if t == 1 and cache is not None and not self.training:
+            return self.resid_dropout(self.wo(_one_query_attention(q, k, v, mask, self.n_kv_heads).reshape(b, 1, -1)))
         if self.n_kv_heads != self.n_heads:  # each K/V head serves a group of query heads
             groups = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)

@@ -39,11 +39,10 @@ CACHE_ROUND = 64
 
 @torch.inference_mode()
 def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, eos_id: int, pad_id: int = 0,
-                    on_token: Optional[Callable[[int, int], bool]] = None, step=None) -> List[List[int]]:
+                    on_token: Optional[Callable[[int, int], bool]] = None, compiled: bool = False) -> List[List[int]]:
     """New tokens for each prompt (eos not included). on_token(row, token) is called as tokens
     are produced; if it returns True that row stops. Prompts must already fit:
-    len(prompt) + max_new_tokens <= max_seq_len. step: the decoding step to run (default
-    model.decode_step; compiled_step(model) is the compiled one).
+    len(prompt) + max_new_tokens <= max_seq_len. compiled: run the steps through compiled_step(model).
 
     Tokens are chosen, penalised and checked for eos on the model's device; they reach the host at
     the end, or per step only when on_token needs them."""
@@ -52,7 +51,7 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
     if min(len(p) for p in prompts) == 0:
         raise ValueError("every prompt needs at least one token (a bos token will do)")
     device = next(model.parameters()).device
-    step = step or model.decode_step
+    step = compiled_step(model) if compiled else model.decode_step
     batch, width, new = len(prompts), max(len(p) for p in prompts), config.max_new_tokens
     total = width + new
     # Row b: left padding, its prompt, then its new tokens (the buffer the n-gram ban reads).
@@ -105,9 +104,23 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
         if i == new - 1 or ((i + 1) % check_every == 0 and bool(done.all())):
             break
         key_mask[:, width + i] = True
-        logits = step(next_tokens, cache, slot, positions, key_mask)
+        # Compiled: the whole cache, one shape for every step. Eager: only the keys written so far.
+        keys = key_mask if compiled else key_mask[:, :width + i + 1]
+        logits = step(next_tokens, cache, slot, positions, keys)
         slot += 1
         positions += 1
     # A row's new tokens are the kept ones: contiguous from the start until it stopped.
     kept = real[:, width:].sum(1).tolist()
     return [row[width:width + n] for row, n in zip(history.tolist(), kept)]
+
+
+def compiled_step(model):
+    """model.decode_step through torch.compile, built once per model (a new graph per batch size and
+    cache length). On CPU it fuses each block's element-wise work into generated C++ loops and drops
+    the per-op Python cost, which is most of a batch-1 step. It needs a C++ compiler, and each new
+    graph takes tens of seconds to build."""
+    step = getattr(model, "_compiled_step", None)
+    if step is None:
+        step = torch.compile(model.decode_step, dynamic=False, fullgraph=True)
+        object.__setattr__(model, "_compiled_step", step)  # a plain attribute, not a submodule
+    return step

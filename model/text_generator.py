@@ -32,8 +32,10 @@ class StreamDecoder:
 
 
 class TextGenerator:
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model.eval(), tokenizer
+    def __init__(self, model, tokenizer, compiled: bool = False):
+        """compiled: decode through the compiled step (model.generation.compiled_step): faster once
+        built, which takes seconds to a minute per batch size and cache length."""
+        self.model, self.tokenizer, self.compiled = model.eval(), tokenizer, compiled
         self.max_seq_len = model.config.max_seq_len
 
     # ---- helpers -------------------------------------------------------------------------------
@@ -73,7 +75,8 @@ class TextGenerator:
             def on_token(_row, token):
                 piece = decoder.push(token)
                 return bool(piece) and bool(on_piece(piece))
-        tokens = generate_tokens(self.model, [ids], config, self.tokenizer.eos_id, self.tokenizer.pad_id, on_token)[0]
+        tokens = generate_tokens(self.model, [ids], config, self.tokenizer.eos_id, self.tokenizer.pad_id, on_token,
+                                 self.compiled)[0]
         if on_piece is not None:
             tail = decoder.flush()
             if tail:
@@ -105,7 +108,8 @@ class TextGenerator:
         room, max_new = self._budget(config)
         ids = [self._cut(self.tokenizer.encode(p), room) for p in prompts]
         config = GenerationConfig(**{**config.__dict__, "max_new_tokens": max_new})
-        return generate_tokens(self.model, ids, config, self.tokenizer.eos_id, self.tokenizer.pad_id)
+        return generate_tokens(self.model, ids, config, self.tokenizer.eos_id, self.tokenizer.pad_id,
+                               compiled=self.compiled)
 
     # ---- chat ------------------------------------------------------------------------------------
     @staticmethod

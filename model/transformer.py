@@ -231,15 +231,16 @@ class Transformer(nn.Module):
     def decode_step(self, tokens, cache: KVCache, slot, positions, key_mask):
         """Logits [B, V] for one new token per row: tokens [B], written to the cache at position
         slot ([1] long tensor); positions [B]: each token's position (real tokens before it);
-        key_mask [B, cache.max_len] bool: the cached positions it may attend to, its own slot included.
-        Shapes never change between steps and nothing on the host moves (cache.length stays as the
-        prefill left it), so one torch.compile trace serves every step."""
+        key_mask [B, S] bool: which of the first S cached positions it may attend to, its own slot
+        included. With S = cache.max_len shapes never change between steps and nothing on the host
+        moves (cache.length stays as the prefill left it), so one torch.compile trace serves every
+        step; eager steps pass only the positions written so far, which is less to attend to."""
         x = self.tok_embeddings(tokens[:, None])
         positions = positions[:, None]
         cos, sin = self.positions.tables(positions, dtype=x.dtype, checked=True)
         if self._input_pieces:
             x = self._add_input_pieces(x, positions, None)
-        mask, step = key_mask[:, None, None, :], cache.at(slot)
+        mask, step = key_mask[:, None, None, :], cache.at(slot, key_mask.shape[1])
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, False, step, i)
         return F.linear(self.norm(x[:, 0]), self.output_weight)

@@ -55,6 +55,18 @@ def test_greedy_equals_full_forward_argmax(tok):
     assert out == seq[len(ids):]
 
 
+def test_compiled_step_gives_the_eager_tokens_on_a_left_padded_batch(tok):
+    # The compiled step attends over the whole (masked) cache; eager steps over the keys written so far.
+    model = tiny_model(seed=3)
+    prompts = [tok.encode("The king"), tok.encode("Now is the winter of our"), tok.encode("今天")]
+    sampled = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, seed=5,
+                               stop_on_eos=False)
+    for cfg in (GREEDY, sampled):
+        eager = generate_tokens(model, prompts, cfg, eos_id=tok.eos_id)
+        assert generate_tokens(model, prompts, cfg, eos_id=tok.eos_id, compiled=True) == eager
+    assert eager != generate_tokens(model, prompts, GREEDY, eos_id=tok.eos_id)
+
+
 def test_same_seed_same_output_and_top_k_one_is_greedy(tok):
     gen = TextGenerator(tiny_model(), tok)
     sampled = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, seed=3,

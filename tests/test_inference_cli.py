@@ -44,6 +44,8 @@ def test_prompt_seeded_and_streamed_equal(ckpts, capsys):
     assert a.stdout == b.stdout == s.stdout and a.stdout.startswith("今天 👑") and len(a.stdout) > len("今天 👑\n")
     ema = main(capsys, *args, "--ema")
     assert ema.returncode == 0 and ema.stdout != a.stdout
+    compiled = main(capsys, *args, "--compile")                   # the compiled step samples the same tokens
+    assert compiled.returncode == 0 and compiled.stdout == a.stdout, compiled.stderr
     int8 = main(capsys, *args, "--int8", "--greedy")
     assert int8.returncode == 0 and int8.stdout.startswith("今天 👑") and len(int8.stdout) > len("今天 👑\n"), int8.stderr
 
@@ -157,6 +159,8 @@ def test_flags_the_mode_would_ignore_are_refused(ckpts, tmp_path, capsys):
         (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--greedy", "--seed", "3"],
          "--greedy, --seed has no effect with --fill_mask"),
         (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--stream"], "--stream goes with --prompt"),
+        (["--model_path", ckpts["clm"], "--prompt", "x", "--compile", "--int8"], "--compile and --int8 do not combine"),
+        (["--model_path", ckpts["mlm"], "--fill_mask", "The <mask>", "--compile"], "--compile speeds up generation"),
         (["--model_path", os.path.dirname(ckpts["clm"]), "--prompt", "x"], "is a directory, not a checkpoint file; "
                                                                            "it holds best.pth"),
     ]
