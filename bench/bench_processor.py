@@ -2,6 +2,7 @@
 
     python bench/bench_processor.py [--repeats 3]      # sample corpus at 1x and 10x
     python bench/bench_processor.py --repeats 1 --workers 1 2   # and sharded runs with 1 and 2 worker processes
+    python bench/bench_processor.py --repeats 1 --parquet       # and the same corpora read from Parquet
 
 Every measurement runs in a fresh process, so its peak RSS is that job's alone. The bare encode
 gets the processor's own batches, read and parsed before its clock starts: it is the ceiling the
@@ -29,8 +30,10 @@ job, corpus, tok_path, out = sys.argv[1:5]
 SHARD_MB = 4.0  # fixed pieces: a larger corpus means more pieces, not larger ones
 def cpu_seconds():
     return sum(r.ru_utime + r.ru_stime for r in map(resource.getrusage, (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)))
-def peak_rss_mb():
-    return max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)) / 1024
+def peak_rss_mb():  # VmHWM, not ru_maxrss: Linux carries the forking parent's peak across exec into the latter
+    with open("/proc/self/status") as f:
+        own = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    return max(own, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 proc = DataProcessor(tok_path, val_ratio=0.05, show_progress=False)
 if job == "encode":
     from tqdm import tqdm
@@ -84,6 +87,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="runs of each job per corpus; the best is kept")
     parser.add_argument("--workers", type=int, nargs="*", default=[], help="also time sharded runs with these "
                                                                            "numbers of worker processes")
+    parser.add_argument("--parquet", action="store_true", help="also process both corpora written as Parquet "
+                                                               "(streamed through pyarrow)")
     args = parser.parse_args()
     from data.prepare import ensure_tokenizer
     from data.sample import build_sample_corpus
@@ -96,23 +101,52 @@ def main():
             data = f.read()
             for _ in range(10):
                 out.write(data)
+        corpora = [("sample x1", sample), ("sample x10", big)]
+        if args.parquet:
+            corpora += [(name + " pq", to_parquet(path, os.path.join(tmp, f"x{i}.parquet")))
+                        for i, (name, path) in enumerate(list(corpora))]
         print(f"{'corpus':11s} {'job':14s} {'text MB':>8s} {'tokens/s':>11s} {'MB/s':>7s} {'CPU s':>7s} "
               f"{'peak RSS MiB':>13s}")
         results = {}
-        for name, corpus in (("sample x1", sample), ("sample x10", big)):
+        for name, corpus in corpora:
             sharded = [(f"workers{k}", f"{k} worker(s)") for k in args.workers]
             jobs = [("encode", "bare encode"), ("process", "processor")] + sharded
+            if name.endswith(" pq"):  # the reading is what differs: the processor alone
+                jobs = [("process", "processor")]
             results[name] = measure(corpus, tok, os.path.join(tmp, "train.bin"), args.repeats, [j for j, _ in jobs])
             for job, label in jobs:
                 r = results[name][job]
                 print(f"{name:11s} {label:14s} {r['bytes'] / 1e6:8.1f} {r['tokens'] / r['seconds']:11,.0f} "
                       f"{r['bytes'] / 1e6 / r['seconds']:7.2f} {r['cpu']:7.2f} {r['rss_mb']:13.0f}")
+            if "encode" not in results[name]:
+                continue
             enc, pro = results[name]["encode"], results[name]["process"]
             print(f"{name:11s} processor throughput = {enc['seconds'] / pro['seconds'] * 100:.0f}% of bare batch "
                   f"encode (by CPU time: {enc['cpu'] / pro['cpu'] * 100:.0f}%)")
         for job, label in [("process", "processor")] + sharded:
             growth = results["sample x10"][job]["rss_mb"] / results["sample x1"][job]["rss_mb"] - 1
             print(f"{label} peak RSS, 10x corpus vs 1x: {growth * 100:+.1f}%")
+        if args.parquet:
+            growth = results["sample x10 pq"]["process"]["rss_mb"] / results["sample x1 pq"]["process"]["rss_mb"] - 1
+            print(f"processor on Parquet peak RSS, 10x corpus vs 1x: {growth * 100:+.1f}%")
+
+
+def to_parquet(jsonl: str, path: str) -> str:
+    """The corpus as one text column in row groups of 1,000 documents (about 6 MB here): pyarrow
+    decodes a whole row group's column at a time, so the row group bounds the reader's memory."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    schema = pa.schema([("text", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer, open(jsonl, encoding="utf-8") as f:
+        rows = []
+        for line in f:
+            rows.append(json.loads(line)["text"])
+            if len(rows) == 1_000:
+                writer.write_table(pa.table({"text": rows}, schema=schema))
+                rows = []
+        if rows:
+            writer.write_table(pa.table({"text": rows}, schema=schema))
+    return path
 
 
 if __name__ == "__main__":
