@@ -152,7 +152,7 @@ def test_a_worker_killed_at_a_commit_is_one_error_line_and_a_rerun_finishes(corp
 def test_bad_shard_flags_are_one_line(corpus, tmp_path):
     root, inputs, _ = corpus
     for flags in (["--num_shards", "2"], ["--num_shards", "2", "--shard_index", "2"], ["--workers", "0"],
-                  ["--shard_mb", "0"]):
+                  ["--shard_mb", "0"], ["--workers", "2", "--word_starts"], ["--workers", "2", "--prefix_field", "p"]):
         proc = processor(root, inputs, tmp_path / "x", *flags)
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stderr.startswith("error:"), \
             (flags, proc.stderr)
