@@ -12,7 +12,6 @@ import math
 import os
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from data.errors import DataError
@@ -153,7 +152,8 @@ class WordStarts:
             self.parts.append(np.memmap(path, dtype=np.uint8, mode="r") if len(shard) else np.zeros(0, np.uint8))
             self.starts.append(self.starts[-1] + len(shard))
 
-    def window(self, start: int, length: int) -> torch.Tensor:
+    def window(self, start: int, length: int) -> "torch.Tensor":
+        import torch  # training reads the bits; the processor writing them never loads torch
         pieces, end = [], start + length
         for bits, lo, hi in zip(self.parts, self.starts[:-1], self.starts[1:]):
             a, z = max(start, lo) - lo, min(end, hi) - lo

@@ -139,3 +139,14 @@ def test_cli_bad_settings_are_one_line_exit_2_before_any_work(tmp_path, args, me
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == message
     assert not (tmp_path / "o" / "tokenizer.json").exists()
+
+
+def test_the_processor_does_not_load_torch():
+    """torch alone adds about 160 MiB of RSS; the processor, run on its own, must not pay it."""
+    import subprocess
+    import sys
+
+    from tests.train_harness import ROOT
+    code = "import sys, data.processor, data.prepare; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
