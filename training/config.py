@@ -288,14 +288,14 @@ def validate(cfg: RunConfig) -> None:
             value = getattr(obj, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{section}.{f.name} must be a finite number, got {value}")
-    if t.lr_scheduler not in SCHEDULES:
-        raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
-    problem = optimizer_problem(t)
     if d.seq_len is not None and (not isinstance(d.seq_len, int) or isinstance(d.seq_len, bool) or d.seq_len <= 1):
         raise ConfigError(f"data.seq_len must be an integer > 1 (or null: model.max_seq_len), got {d.seq_len!r}")
     context = cfg.model.get("max_seq_len", LMConfig.max_seq_len)
     if d.seq_len and not t.init_from and isinstance(context, int) and d.seq_len > context:  # init_from: checked on load
         raise ConfigError(f"data.seq_len {d.seq_len} is longer than the model's context (model.max_seq_len {context})")
+    if t.lr_scheduler not in SCHEDULES:
+        raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
+    problem = optimizer_problem(t)
     if problem:
         raise ConfigError(problem)
     if t.grad_clip < 0:
