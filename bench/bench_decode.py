@@ -1,16 +1,19 @@
 """Decode throughput: new tokens/s at batch 1 and 8, with and without the KV cache, with the
-blocks in int8 (--int8 in inference.py), and transformers' LlamaForCausalLM.generate on the same
-weights when transformers is installed.
+decoding step compiled (--compile in inference.py), with the blocks in int8 (--int8), and
+transformers' LlamaForCausalLM.generate on the same weights when transformers is installed.
 
-    python bench/bench_decode.py [--rounds 5] [--threads 2] [--skip_no_cache]
+    python bench/bench_decode.py [--rounds 5] [--threads 2] [--skip_no_cache] [--skip_compile]
 
-Ours and theirs alternate in one process (this machine's speed drifts) and each figure is the
-fastest of the rounds (the round least disturbed by other processes); greedy tokens are
-compared, since the weights are shared. The load average is printed before and after: other
-processes on a 2-core machine can slow every figure many times over."""
+Ours and theirs alternate in one process (this machine's speed drifts); each figure is the median
+of the rounds, and ratios are also given by CPU time, which other processes on a shared machine
+disturb less than wall time. Greedy tokens are compared, since the weights are shared. The
+compiled step is built (and its compile time printed) before the timed rounds. Each rate is also
+given as a share of the weight-streaming limit: every step reads all weights once, so
+--bandwidth GB/s over the weight bytes bounds the steps per second."""
 import argparse
 import copy
 import os
+import statistics
 import sys
 import time
 
@@ -41,6 +44,8 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--skip_no_cache", action="store_true")
+    p.add_argument("--skip_compile", action="store_true")
+    p.add_argument("--bandwidth", type=float, default=45.0, help="memory bandwidth in GB/s, for the limit")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -54,12 +59,22 @@ def main():
     except ImportError:
         pass
     quantized = quantize_int8(copy.deepcopy(ours)) if int8_available() else None
+    weight_bytes = sum(p.numel() * p.element_size() for n, p in ours.named_parameters() if p.dim() == 2)
+    steps_limit = a.bandwidth * 1e9 / weight_bytes  # decoding steps per second if weights stream at that rate
+    if not a.skip_compile:
+        start = time.perf_counter()
+        for batch in (1, 8):
+            generate_tokens(ours, [[5] * PROMPT] * batch, greedy, eos_id=-1, compiled=True)
+        print(f"compiling the decoding step (batch 1 and 8): {time.perf_counter() - start:.1f} s")
+    print(f"weights {weight_bytes / 1e6:.1f} MB: {steps_limit:.0f} steps/s at {a.bandwidth:g} GB/s")
     print(f"load average {os.getloadavg()[0]:.2f}; torch {torch.__version__}, {a.threads} threads, "
           f"vocab {CFG.vocab_size}, dim {CFG.dim}, {CFG.n_layers} layers, "
           f"{PROMPT}-token prompt, {NEW} new tokens, greedy")
     for batch in (1, 8):
         prompts = torch.randint(5, CFG.vocab_size, (batch, PROMPT)).tolist()
         jobs = {"ours (KV cache)": lambda: generate_tokens(ours, prompts, greedy, eos_id=-1)}
+        if not a.skip_compile:
+            jobs["ours compiled"] = lambda: generate_tokens(ours, prompts, greedy, eos_id=-1, compiled=True)
         if quantized is not None:
             jobs["ours int8 (KV cache)"] = lambda: generate_tokens(quantized, prompts, greedy, eos_id=-1)
         if theirs is not None:
@@ -69,31 +84,31 @@ def main():
                                           pad_token_id=0, eos_token_id=None)
                 return out[:, PROMPT:].tolist()
             jobs["transformers generate"] = hf
-        times, outputs = {k: [] for k in jobs}, {}
+        times, cpu, outputs = {k: [] for k in jobs}, {k: [] for k in jobs}, {}
         for _ in range(a.rounds):
             for name, job in jobs.items():
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 outputs[name] = job()
                 times[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
         if not a.skip_no_cache:
             start = time.perf_counter()
             outputs["ours (no cache)"] = no_cache_greedy(ours, prompts, NEW)
             times["ours (no cache)"] = [time.perf_counter() - start]
-        rates = {k: batch * NEW / min(v) for k, v in times.items()}
+        rates = {k: batch * NEW / statistics.median(v) for k, v in times.items()}
         for name, rate in rates.items():
-            print(f"batch {batch}: {name:22s} {rate:9.1f} tok/s")
+            print(f"batch {batch}: {name:22s} {rate:9.1f} tok/s, {rate / batch / steps_limit:6.1%} of the limit")
         if quantized is not None:
             pairs = [(x, y) for r, q in zip(outputs["ours (KV cache)"], outputs["ours int8 (KV cache)"])
                      for x, y in zip(r, q)]
             print(f"batch {batch}: int8 speed-up {rates['ours int8 (KV cache)'] / rates['ours (KV cache)']:.2f}x, "
                   f"greedy tokens equal to float32: {sum(x == y for x, y in pairs) / len(pairs):.1%}")
         if theirs is not None:
-            same = outputs["ours (KV cache)"] == outputs["transformers generate"]
-            print(f"batch {batch}: ratio ours/transformers {rates['ours (KV cache)'] / rates['transformers generate']:.2f}x, "
-                  f"greedy tokens identical: {same}")
-            if quantized is not None:
-                print(f"batch {batch}: ratio ours int8/transformers "
-                      f"{rates['ours int8 (KV cache)'] / rates['transformers generate']:.2f}x")
+            hf = "transformers generate"
+            for name in [k for k in jobs if k != hf]:
+                by_cpu = statistics.median(cpu[hf]) / statistics.median(cpu[name])
+                print(f"batch {batch}: ratio {name}/transformers {rates[name] / rates[hf]:.2f}x (CPU time "
+                      f"{by_cpu:.2f}x), greedy tokens identical: {outputs[name] == outputs[hf]}")
     print(f"load average {os.getloadavg()[0]:.2f}")
 
 
