@@ -23,7 +23,7 @@ from data.errors import DataError
 from data.jsonl import iter_lines
 from data.sources import input_size, is_plain_text, is_row_source
 from data.token_bin import FORMAT_VERSION
-from utils import write_json_atomic
+from utils import remove_stale_temporaries, write_json_atomic
 
 MANIFEST = "manifest.json"
 
@@ -147,6 +147,9 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
             pool.shutdown(wait=True)
     finally:
         bar.close()
+    # A worker of a killed run may have died inside an atomic write after this run looked; now that
+    # every process of this run is done, whatever .tmp-PID remains belongs to a dead process.
+    remove_stale_temporaries(out_dir)
     manifest = {"format": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer.fingerprint(),
                 "settings": {k: v for k, v in settings.items() if k != "chunk_size"},  # (never changes the bytes)
                 "shard_mb": shard_mb,
