@@ -37,9 +37,9 @@ class KVCache:
 
 class CacheSlot:
     """A KVCache seen by one decoding step whose token goes to position `slot`, a tensor rather than
-    a Python int: every step then has the same shapes and no host state changes inside it, so a
-    compiled step is traced once (given keys = max_len). Attention reads the first `keys` positions,
-    masked by the caller."""
+    a Python int: no host state changes inside a step, so a compiled step is traced once (with the
+    number of keys a symbolic size). Attention reads the first `keys` positions, masked by the
+    caller."""
 
     def __init__(self, cache: KVCache, slot: torch.Tensor, keys: int):
         self.cache, self.slot, self.keys = cache, slot, keys

@@ -33,7 +33,7 @@ class GenerationConfig:
 
 
 # Cache lengths are rounded up to a multiple of this, so a compiled step (whose shapes include the
-# cache length) is reused across prompts of similar length; the extra keys are masked out.
+# cache length) is reused across prompts of similar length.
 CACHE_ROUND = 64
 
 
@@ -104,8 +104,9 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
         if i == new - 1 or ((i + 1) % check_every == 0 and bool(done.all())):
             break
         key_mask[:, width + i] = True
-        # Compiled: the whole cache, one shape for every step. Eager: only the keys written so far.
-        keys = key_mask if compiled else key_mask[:, :width + i + 1]
+        keys = key_mask[:, :width + i + 1]  # attend only to the keys written so far
+        if compiled:  # one graph for every length: the key count is a symbolic size, not a constant
+            torch._dynamo.mark_dynamic(keys, 1)
         logits = step(next_tokens, cache, slot, positions, keys)
         slot += 1
         positions += 1
@@ -116,7 +117,7 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
 
 def compiled_step(model):
     """model.decode_step through torch.compile, built once per model (a new graph per batch size and
-    cache length). On CPU it fuses each block's element-wise work into generated C++ loops and drops
+    cache length; generate_tokens marks the number of keys attended to as dynamic). On CPU it fuses each block's element-wise work into generated C++ loops and drops
     the per-op Python cost, which is most of a batch-1 step. It needs a C++ compiler, and each new
     graph takes tens of seconds to build."""
     step = getattr(model, "_compiled_step", None)

@@ -232,9 +232,9 @@ class Transformer(nn.Module):
         """Logits [B, V] for one new token per row: tokens [B], written to the cache at position
         slot ([1] long tensor); positions [B]: each token's position (real tokens before it);
         key_mask [B, S] bool: which of the first S cached positions it may attend to, its own slot
-        included. With S = cache.max_len shapes never change between steps and nothing on the host
-        moves (cache.length stays as the prefill left it), so one torch.compile trace serves every
-        step; eager steps pass only the positions written so far, which is less to attend to."""
+        included (S: the positions written so far, or up to cache.max_len). Nothing on the host moves
+        (cache.length stays as the prefill left it) and only S changes between steps, so one
+        torch.compile trace with S marked dynamic serves every step."""
         x = self.tok_embeddings(tokens[:, None])
         positions = positions[:, None]
         cos, sin = self.positions.tables(positions, dtype=x.dtype, checked=True)
