@@ -2,6 +2,7 @@
 NAME.dcp with meta.pth (the checkpoint dict, each sharded tensor replaced by a marker) and
 torch.distributed.checkpoint's files holding those tensors, one shard file per writing rank."""
 import os
+import pickle
 import shutil
 import warnings
 
@@ -127,7 +128,40 @@ def read_meta(path: str) -> dict:
     return load_checkpoint(os.path.join(path, SHARD_META))
 
 
+# What DCP's .metadata pickle may name: its own metadata records, tensor sizes, dtypes and layouts,
+# and the path it was saved to. Anything else (a function that would run on load) is refused.
+_METADATA_CLASSES = {
+    "torch.distributed.checkpoint.metadata": None,  # every name in DCP's metadata module
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
+}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        allowed = _METADATA_CLASSES.get(module, set())
+        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        if module in _METADATA_CLASSES and (allowed is None or name in allowed):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not something a checkpoint's metadata holds")
+
+
+def check_metadata(path: str) -> None:
+    """Unpickle DCP's .metadata with the allow-list above before DCP reads it with plain pickle, so
+    a crafted checkpoint is refused instead of running code (tensor data DCP reads weights-only)."""
+    try:
+        with open(os.path.join(path, ".metadata"), "rb") as f:
+            _MetadataUnpickler(f).load()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: its .metadata file is missing (an incomplete sharded checkpoint?)") from None
+    except Exception as e:
+        raise CheckpointError(f"{path}: refusing its .metadata ({str(e)[:160] or type(e).__name__})") from None
+
+
 def _load(path: str, dests: dict, no_dist: bool) -> None:
+    check_metadata(path)
     try:
         with warnings.catch_warnings():  # DCP warns that one process reads without a process group
             warnings.simplefilter("ignore", UserWarning)

@@ -83,3 +83,21 @@ def test_shard_and_unshard_refuse_the_wrong_kind_of_source(tmp_path):
         ckpt.to_sharded(path, str(tmp_path / "b.dcp"))
     with pytest.raises(ckpt.CheckpointError, match="not a sharded checkpoint"):
         ckpt.to_single_file(str(tmp_path / "nothing"), str(tmp_path / "c.pth"))
+
+
+class _RunsCode:
+    def __reduce__(self):  # unpickling this calls os.system: what a crafted checkpoint would do
+        return (os.system, ("touch ran-code",))
+
+
+def test_crafted_metadata_is_refused_without_running_code(tmp_path, monkeypatch):
+    import pickle
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / "checkpoint_step_1.dcp")
+    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    assert_same(ckpt.load_checkpoint(path)["model"], state(1)["model"])  # the genuine metadata passes
+    with open(os.path.join(path, ".metadata"), "wb") as f:
+        pickle.dump(_RunsCode(), f)
+    with pytest.raises(ckpt.CheckpointError, match="refusing its .metadata"):
+        ckpt.load_checkpoint(path)
+    assert not (tmp_path / "ran-code").exists()
