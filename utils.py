@@ -140,6 +140,15 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
+def read_json_or_none(path: str):
+    """A small JSON state file (progress, sidecar identity), or None when it is missing or cut short."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def read_jsonl_records(path: str) -> list:
     """The JSON objects of a JSONL file that a kill may have cut short: unreadable lines (the cut
     last one, stray bytes) are skipped; [] when the file does not exist."""

@@ -10,7 +10,6 @@ split, tokenizes each prompt alone and counts the stored document's leading toke
 it; a token the tokenizer merged across the seam counts as completion. The counts are small (four
 bytes a document), so the pass keeps them in memory and writes each file whole, atomically: a killed
 pass is simply done again."""
-import json
 import os
 
 import numpy as np
@@ -21,7 +20,7 @@ from data.jsonl import expand_inputs
 from data.packer import is_validation
 from data.sources import iter_records
 from data.token_bin import TokenBin
-from utils import atomic_write, write_json_atomic
+from utils import atomic_write, read_json_or_none, write_json_atomic
 
 FORMAT = 1
 BATCH = 1024  # prompts tokenized per call
@@ -43,19 +42,11 @@ def _identity(token_bin: TokenBin, prefix_field: str) -> dict:
             "tokenizer_fingerprint": token_bin.meta["tokenizer_fingerprint"]}
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
 def prefix_lengths(bin_path: str, prefix_field: str) -> np.ndarray:
     """The prompt length, in tokens, of every document of bin_path (one line of error when the
     counts are missing or were made for another file or field)."""
     token_bin = TokenBin(bin_path)
-    meta = _read_json(prefix_meta_path(bin_path))
+    meta = read_json_or_none(prefix_meta_path(bin_path))
     if meta != _identity(token_bin, prefix_field) or not os.path.isfile(prefix_path(bin_path)):
         raise DataError(f"{bin_path} has no up-to-date prompt lengths for data.prefix_field {prefix_field!r} "
                         f"({prefix_path(bin_path)}); process the corpus with --prefix_field {prefix_field}")
@@ -97,7 +88,7 @@ def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, text_field: str, p
     """Write <bin>.prefix for bin_paths {"train": ..., "val": ...} unless up-to-date ones exist.
     The reading settings must be the ones the processor used for those files."""
     splits = {name: _Split(path) for name, path in bin_paths.items()}
-    if all(_read_json(prefix_meta_path(s.bin.path)) == _identity(s.bin, prefix_field) and
+    if all(read_json_or_none(prefix_meta_path(s.bin.path)) == _identity(s.bin, prefix_field) and
            os.path.isfile(prefix_path(s.bin.path)) for s in splits.values()):
         return
     kept = 0

@@ -7,7 +7,6 @@ The bits are a pure function of the finished .bin and the tokenizer (data/word_b
 document by document in blocks of whole bytes. Each block is fsynced and then recorded in a progress
 file replaced atomically; a killed run truncates to the recorded length and goes on, so the finished
 file is byte-identical to an uninterrupted one."""
-import json
 import math
 import os
 
@@ -19,7 +18,7 @@ from data.fault_points import fault_point
 from data.token_bin import TokenBin, idx_path
 from data.token_shards import open_bin
 from data.word_boundaries import SEGMENTER, WordBoundaries
-from utils import OutputError, write_json_atomic
+from utils import OutputError, read_json_or_none, write_json_atomic
 
 FORMAT = 1
 BLOCK = 1 << 20  # tokens per committed block; a multiple of 8, so every block is whole bytes
@@ -39,14 +38,6 @@ def _identity(token_bin: TokenBin, tokenizer) -> dict:
     st = os.stat(token_bin.path)
     return {"format": FORMAT, "n_tokens": len(token_bin), "bin_bytes": st.st_size, "bin_mtime_ns": st.st_mtime_ns,
             "tokenizer_fingerprint": tokenizer.fingerprint(), "segmenter": SEGMENTER}
-
-
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def block_starts(tokens, offsets: np.ndarray, lo: int, hi: int, boundaries: WordBoundaries, cache: dict) -> np.ndarray:
@@ -95,11 +86,11 @@ def _ensure_one(token_bin: TokenBin, tokenizer, show_progress: bool, block: int)
     bin_path = token_bin.path
     identity = _identity(token_bin, tokenizer)
     final, meta, progress = words_path(bin_path), words_meta_path(bin_path), words_path(bin_path) + ".progress.json"
-    if _read_json(meta) == identity and os.path.exists(final):
+    if read_json_or_none(meta) == identity and os.path.exists(final):
         return
     if not os.path.isfile(idx_path(bin_path)):
         raise DataError(f"{bin_path} has no document index {idx_path(bin_path)}; process the corpus again")
-    state = _read_json(progress)
+    state = read_json_or_none(progress)
     n = len(token_bin)
     partial = final + ".partial"
     on_disk = os.path.getsize(partial) if os.path.exists(partial) else 0
@@ -146,7 +137,7 @@ class WordStarts:
         self.parts, self.starts = [], [0]
         for shard in getattr(token_bin, "shards", None) or [token_bin]:
             path = words_path(shard.path)
-            if _read_json(words_meta_path(shard.path)) != _identity(shard, tokenizer) or not os.path.exists(path):
+            if read_json_or_none(words_meta_path(shard.path)) != _identity(shard, tokenizer) or not os.path.exists(path):
                 raise DataError(f"{path} is missing or stale for {shard.path}; python -m data.processor "
                                 "--word_starts (or a training run with data.whole_word_mask) writes it")
             self.parts.append(np.memmap(path, dtype=np.uint8, mode="r") if len(shard) else np.zeros(0, np.uint8))

@@ -2,6 +2,8 @@
 import json
 import random
 
+import numpy as np
+
 from data.tokenizer import train_tokenizer
 
 GOOD_WORDS = "the king queen speaks night crown sword love honour death 今天 心情 很好 🎭".split()
@@ -19,3 +21,14 @@ def write_docs(path, n=300, seed=0, field="text"):
 def make_tokenizer(root):
     corpus = write_docs(root / "tok_corpus.jsonl", n=200, seed=1)
     return train_tokenizer([corpus], str(root / "tokenizer.json"), vocab_size=300)
+
+
+class FakeBin:
+    """A token file in memory: tokens and document start offsets, as TokenBin gives them."""
+
+    def __init__(self, tokens, offsets):
+        self.tokens = np.asarray(tokens, dtype="<u2")
+        self.offsets = np.asarray(offsets, dtype="<u8")
+
+    def doc_offsets(self):
+        return self.offsets

@@ -7,6 +7,7 @@ import torch
 
 from data.documents import DocumentIndex
 from model import LMConfig, Transformer
+from tests.data_fixtures import FakeBin
 from training.batches import fetch, make_windows
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
@@ -66,15 +67,6 @@ def test_document_index_numbers_tokens_by_document():
     with pytest.raises(ValueError):
         DocumentIndex([1, 3])
     assert DocumentIndex([0]).offsets.tolist() == [0]           # a split without documents
-
-
-class FakeBin:
-    def __init__(self, tokens, offsets):
-        self.tokens = np.asarray(tokens, dtype="<u2")
-        self.offsets = np.asarray(offsets, dtype="<u8")
-
-    def doc_offsets(self):
-        return self.offsets
 
 
 @pytest.mark.parametrize("objective", ["clm", "plm", "mlm"])

@@ -15,6 +15,7 @@ from data.prefix_split import prefix_lengths, prefix_path
 from data.prepare import prepare_corpus
 from data.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
+from tests.data_fixtures import FakeBin
 from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
 from training.batches import fetch, make_windows
 
@@ -81,15 +82,6 @@ def test_missing_or_other_field_prompt_lengths_are_one_line(tmp_path):
     paths = prepare_corpus([str(tmp_path / "c.jsonl")], str(tmp_path / "d"), vocab_size=280, val_ratio=0.0)
     with pytest.raises(DataError, match="--prefix_field prompt"):
         prefix_lengths(paths["train_bin"], "prompt")
-
-
-class FakeBin:
-    def __init__(self, tokens, offsets):
-        self.tokens = np.asarray(tokens, dtype="<u2")
-        self.offsets = np.asarray(offsets, dtype="<u8")
-
-    def doc_offsets(self):
-        return self.offsets
 
 
 def test_windows_take_each_documents_prompt_as_its_prefix():

@@ -9,6 +9,7 @@ from data.datasets import PrefixWindows, SampleOrder
 from data.documents import DocumentIndex, draw_prefix, suffix_labels
 from model import LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
+from tests.data_fixtures import FakeBin
 from training.batches import collate, fetch, make_windows
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48, objective="plm")
@@ -77,15 +78,6 @@ def test_prefix_lengths_cover_the_range():
     g = torch.Generator().manual_seed(0)
     lengths = {int(draw_prefix(torch.zeros(8, dtype=torch.long), g).sum()) for _ in range(400)}
     assert lengths == set(range(8))
-
-
-class FakeBin:
-    def __init__(self, tokens, offsets):
-        self.tokens = np.asarray(tokens, dtype="<u2")
-        self.offsets = np.asarray(offsets, dtype="<u8")
-
-    def doc_offsets(self):
-        return self.offsets
 
 
 def test_windows_draw_prefixes_from_the_sample_position():
