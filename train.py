@@ -37,6 +37,9 @@ def main(argv=None) -> int:
             _print_summary(summary)
             from training.plot import plot_run
             plot_run(summary["run_dir"])
+        # Ranks leave together: one tearing down its process group while another still writes or
+        # plots made gloo abort that rank at exit now and then ("terminate called ...").
+        distributed.barrier(info)
         return 0
     finally:
         distributed.teardown(info)
