@@ -12,7 +12,6 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 from data.datasets import SampleOrder
-from data.hf_tokenizer import save_roles
 from data.prefix_split import prefix_lengths
 from data.token_shards import open_bin
 from data.tokenizer import load_tokenizer
@@ -20,8 +19,7 @@ from data.word_starts import WordStarts
 from model import LMConfig, Transformer
 from model.config import ConfigError
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
-from training.config import dump_yaml
-from training.distributed import all_reduce_, all_reduce_sum, any_rank, barrier
+from training.distributed import all_reduce_, any_rank, barrier
 from training.ema import EMA
 from training.freeze import Freezer
 from training.init_from import InitSource
@@ -29,11 +27,12 @@ from training.metrics import MetricsLogger
 from training.optim import allocate_state, build_optimizer, is_fused
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
+from training.run_dir import find_resume_path, prepare_run_dir
 from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
 from training.schedule import LRScheduler, resolve_warmup
 from training.signals import StopSignals
 from training.throughput import head_fraction, mfu, peak_flops
-from utils import format_count, read_jsonl_records, remove_stale_temporaries, resolve_dtype, seed_everything
+from utils import format_count, resolve_dtype, seed_everything
 
 
 class TrainingStopped(RuntimeError):
@@ -107,7 +106,7 @@ class Trainer:
         if self.ema is not None:
             self.parts["ema"] = self.ema
 
-        resume_path = self._resume_path()
+        resume_path = find_resume_path(t, self.run_dir, info.is_main)
         if resume_path:
             self._resume(resume_path)
         else:
@@ -116,7 +115,7 @@ class Trainer:
         self.peak_flops = peak_flops(device, t.peak_flops)
         self.head_fraction = head_fraction(self.model_config.objective, cfg.data.mask_rate)
         if info.is_main:
-            self._prepare_run_dir(resume_path)
+            prepare_run_dir(self.run_dir, cfg, self.tokenizer, resume_path, self.step, self.say)
         self.logger = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=t.tensorboard,
                                     wandb=t.use_wandb, wandb_project=t.wandb_project,
                                     wandb_run_name=t.wandb_run_name, config=cfg.to_dict())
@@ -219,21 +218,6 @@ class Trainer:
         if self.info.is_main:
             self.init.write_tokenizer(d.tokenizer_path)
 
-    def _resume_path(self):
-        t = self.cfg.train
-        if t.resume_from:
-            return t.resume_from
-        if t.resume:
-            path = ckpt.latest_checkpoint(self.run_dir)
-            if path is None:
-                raise ConfigError(f"--resume: no checkpoint in {self.run_dir}; drop --resume to start a new run")
-            return path
-        if self.info.is_main and (ckpt.step_checkpoints(self.run_dir) or ckpt.interrupted_checkpoints(self.run_dir)):
-            if not t.force_fresh:
-                raise ConfigError(f"{self.run_dir} already holds checkpoints; pass --resume to continue "
-                                  "or --force-fresh to start over (its checkpoints will be removed)")
-        return None
-
     def _read_resume(self, path) -> dict:
         if not (self.parallel.sharded or ckpt.is_sharded(path)):
             return ckpt.load_checkpoint(path, map_location=self.device)
@@ -269,37 +253,6 @@ class Trainer:
             self.say(f"note: the learning-rate schedule differs from the checkpoint's and the new one applies "
                      f"from step {self.step}: {', '.join(changed)}")
         self.say(f"resumed from {path} at step {self.step} ({format_count(self.progress.samples_seen)} samples seen)")
-
-    def _prepare_run_dir(self, resume_path):
-        os.makedirs(self.run_dir, exist_ok=True)
-        stale = remove_stale_temporaries(self.run_dir)
-        if stale:
-            self.say(f"removed {stale} temporary file(s) left by checkpoint writes that were killed midway")
-        if not resume_path:
-            removed = ckpt.remove_run_checkpoints(self.run_dir) if self.cfg.train.force_fresh else 0
-            if removed:
-                self.say(f"--force-fresh: removed {removed} checkpoint(s) from {self.run_dir}")
-            # A fresh start owns a fresh log (a run killed before its first checkpoint left one behind).
-            old = [n for n in ("metrics.jsonl", ckpt.BEST) if os.path.exists(os.path.join(self.run_dir, n))]
-            for name in old:
-                os.remove(os.path.join(self.run_dir, name))
-            if old and not removed:
-                self.say(f"fresh start: removed {', '.join(old)} of an earlier run that left no checkpoint")
-        self.tokenizer.save(os.path.join(self.run_dir, "tokenizer.json"))
-        if not self.tokenizer.is_default:
-            save_roles(self.tokenizer, self.run_dir)
-        with open(os.path.join(self.run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-            f.write(dump_yaml(self.cfg))
-        metrics = os.path.join(self.run_dir, "metrics.jsonl")
-        if resume_path and os.path.exists(metrics):
-            self._truncate_metrics(metrics)
-
-    def _truncate_metrics(self, path):
-        """Drop records logged after the checkpoint we resume from, so the file reads as one run."""
-        import json
-        keep = [r for r in read_jsonl_records(path) if r.get("step", 0) <= self.step]
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in keep)
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _meta(self, kind: str) -> dict:
