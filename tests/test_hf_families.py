@@ -43,7 +43,13 @@ def hf_model(family: str, seed: int = 0):
     """A transformers model with random values in every parameter (biases and norms too)."""
     config_class, model_class, kwargs = HF_MODELS[family]
     torch.manual_seed(seed)
-    model = getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs)).float().eval()
+    return perturbed(getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs)), seed)
+
+
+def perturbed(model, seed: int):
+    """The model in fp32 eval mode with seeded noise added to every parameter, so biases and norms
+    that start at 0 and 1 are tested too."""
+    model = model.float().eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():

@@ -10,6 +10,8 @@ from model import ConfigError, LMConfig, Transformer
 from model.hf import FAMILIES, family_for_hf_config
 
 transformers = pytest.importorskip("transformers")
+from tests.test_hf_families import perturbed  # noqa: E402  (after the transformers skip)
+
 VOCAB = 211
 
 
@@ -18,12 +20,7 @@ def pretraining_model(seed=0):
     config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                      intermediate_size=128, max_position_embeddings=64, type_vocab_size=2,
                                      architectures=["BertForPreTraining"])
-    model = transformers.BertForPreTraining(config).float().eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+    return perturbed(transformers.BertForPreTraining(config), seed)
 
 
 def imported(theirs):

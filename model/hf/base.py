@@ -1,5 +1,6 @@
 """What every family mapping shares: the pieces check, reading weights by name with leftovers
 reported, and reading rope settings from a config.json of either transformers generation."""
+import abc
 import re
 
 import torch
@@ -7,9 +8,9 @@ import torch
 from model.config import LMConfig
 
 
-class Family:
+class Family(abc.ABC):
     """One Hugging Face model family. Subclasses set the names below and implement config_from_hf,
-    config_to_hf, state_from_hf and state_to_hf."""
+    config_to_hf, state_from_hf and state_to_hf (a family missing one cannot be instantiated)."""
 
     model_type = ""          # transformers' model_type, the key in model.hf.FAMILIES
     title = ""               # how messages name the family
@@ -41,17 +42,21 @@ class Family:
         return self.hf_class
 
     # Subclasses -----------------------------------------------------------------------------------
+    @abc.abstractmethod
     def config_from_hf(self, hf_config: dict) -> dict:
-        raise NotImplementedError
+        """LMConfig keyword arguments for a config.json of this family."""
 
+    @abc.abstractmethod
     def config_to_hf(self, cfg: LMConfig) -> dict:
-        raise NotImplementedError
+        """The config.json its transformers class loads for this model."""
 
+    @abc.abstractmethod
     def state_from_hf(self, hf_state: dict, cfg: LMConfig) -> dict:
-        raise NotImplementedError
+        """Our state dict from the family's weights (weights it lacks stay absent)."""
 
+    @abc.abstractmethod
     def state_to_hf(self, our_state: dict, cfg: LMConfig) -> dict:
-        raise NotImplementedError
+        """The family's state dict from ours."""
 
 
 class Weights:
