@@ -9,10 +9,13 @@ import warnings
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.filesystem import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from checkpoint import MARKER, SHARD_META, CheckpointError, atomic_save, load_checkpoint
-from utils import OutputError
+from utils import OutputError, _is_disk_full as is_disk_full
 
 # Converting a single file: the tensors that grow with the model go to DCP, small ones stay in meta.pth.
 BULK_PARTS = ("model", "ema", "optimizer")
@@ -98,8 +101,12 @@ def write(path: str, state: dict, shard=_is_dtensor) -> None:
             _replace(tmp, path)
     except OutputError:
         raise
-    except Exception as e:  # DCP wraps a rank's failure (a full disk...) in its own exception
-        raise OutputError(f"cannot write the sharded checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    except (Exception, CheckpointException) as e:  # DCP wraps a rank's failure in a BaseException of its own
+        cause = _cause(e)
+        if is_disk_full(cause):
+            raise OutputError(f"cannot write the sharded checkpoint {path}: no space left on the device; free some "
+                              "space or choose another directory (earlier checkpoints are intact)") from None
+        raise OutputError(f"cannot write the sharded checkpoint {path}: {_describe(cause)}") from None
     finally:
         if main and os.path.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
@@ -128,51 +135,98 @@ def read_meta(path: str) -> dict:
     return load_checkpoint(os.path.join(path, SHARD_META))
 
 
-# What DCP's .metadata pickle may name: its own metadata records, tensor sizes, dtypes and layouts,
-# and the path it was saved to. Anything else (a function that would run on load) is refused.
-_METADATA_CLASSES = {
-    "torch.distributed.checkpoint.metadata": None,  # every name in DCP's metadata module
-    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
-    "torch.serialization": {"_get_layout"},
-    "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
-}
+def _cause(e: BaseException) -> BaseException:
+    """The exception a rank raised inside DCP (the first one), or e itself."""
+    if isinstance(e, CheckpointException) and e.failures:
+        wrapped = next(iter(e.failures.values()))
+        return wrapped[0] if isinstance(wrapped, tuple) else wrapped
+    return e
+
+
+def _describe(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror + (f": {e.filename}" if e.filename else "")
+    text = str(e).splitlines()[0][:160] if str(e) else ""
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# What DCP's .metadata pickle may name, as exact (module, name) pairs: its own metadata records,
+# tensor sizes, dtypes and layouts, and the path it was saved to. Nothing is looked up through them
+# (a dotted name such as "os.system" asked of DCP's metadata module is not a pair here).
+_METADATA_CLASSES = frozenset(
+    [("torch.distributed.checkpoint.metadata", n) for n in (
+        "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata",
+        "TensorProperties", "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")]
+    + [("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch.serialization", "_get_layout"),
+       ("torch", "Size"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath")]
+    + [("torch", n) for n, v in vars(torch).items() if isinstance(v, torch.dtype)])
 
 
 class _MetadataUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        allowed = _METADATA_CLASSES.get(module, set())
-        if module == "torch" and (name == "Size" or isinstance(getattr(torch, name, None), torch.dtype)):
-            return super().find_class(module, name)
-        if module in _METADATA_CLASSES and (allowed is None or name in allowed):
+        if (module, name) in _METADATA_CLASSES:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"{module}.{name} is not something a checkpoint's metadata holds")
 
 
-def check_metadata(path: str) -> None:
-    """Unpickle DCP's .metadata with the allow-list above before DCP reads it with plain pickle, so
-    a crafted checkpoint is refused instead of running code (tensor data DCP reads weights-only)."""
+def check_metadata(path: str) -> Metadata:
+    """DCP's .metadata, unpickled with the allow-list above and checked: a crafted checkpoint is
+    refused instead of running code. Every entry must be a tensor, which DCP reads weights-only; an
+    entry of bytes would be read with torch.load(weights_only=False), and this project writes none.
+    Shard files must lie inside the checkpoint directory."""
     try:
         with open(os.path.join(path, ".metadata"), "rb") as f:
-            _MetadataUnpickler(f).load()
+            metadata = _MetadataUnpickler(f).load()
     except FileNotFoundError:
         raise CheckpointError(f"{path}: its .metadata file is missing (an incomplete sharded checkpoint?)") from None
     except Exception as e:
         raise CheckpointError(f"{path}: refusing its .metadata ({str(e)[:160] or type(e).__name__})") from None
+    if not isinstance(metadata, Metadata) or not isinstance(metadata.state_dict_metadata, dict):
+        raise CheckpointError(f"{path}: refusing its .metadata (it holds no DCP metadata record)")
+    for key, entry in metadata.state_dict_metadata.items():
+        if not isinstance(entry, TensorStorageMetadata):
+            raise CheckpointError(f"{path}: refusing its .metadata: entry {str(key)[:80]!r} is "
+                                  f"{type(entry).__name__}, not a tensor (reading it could run code)")
+    for info in (metadata.storage_data or {}).values():
+        where = getattr(info, "relative_path", None)
+        if not isinstance(where, str) or os.path.basename(where) != where or where in ("", ".", ".."):
+            raise CheckpointError(f"{path}: refusing its .metadata: it points outside the checkpoint "
+                                  f"({str(where)[:80]!r})")
+    return metadata
+
+
+class _VettedReader(FileSystemReader):
+    """DCP's file reader, handed the metadata check_metadata read: DCP never unpickles .metadata
+    itself (nor, with no rank argument here, falls back to a rank's own __R.metadata file)."""
+
+    def __init__(self, path: str, metadata: Metadata):
+        super().__init__(path)
+        self.vetted = metadata
+
+    def read_metadata(self) -> Metadata:
+        if getattr(self.vetted, "storage_meta", None) is None:
+            self.vetted.storage_meta = StorageMeta()
+        self.vetted.storage_meta.load_id = self.load_id
+        return self.vetted
 
 
 def _load(path: str, dests: dict, no_dist: bool) -> None:
-    check_metadata(path)
+    reader = _VettedReader(path, check_metadata(path))
     try:
         with warnings.catch_warnings():  # DCP warns that one process reads without a process group
             warnings.simplefilter("ignore", UserWarning)
-            dcp.load(dests, checkpoint_id=path, no_dist=no_dist)
-    except Exception as e:
+            dcp.load(dests, storage_reader=reader, no_dist=no_dist)
+    except (Exception, CheckpointException) as e:  # DCP's own exception is a BaseException
         raise CheckpointError(f"{path}: its shard files are missing, cut or do not fit "
-                              f"({str(e).splitlines()[0][:160] or type(e).__name__})") from None
+                              f"({_describe(_cause(e))})") from None
 
 
 def _empty(marker) -> torch.Tensor:
-    return torch.empty(marker["shape"], dtype=getattr(torch, marker["dtype"]))
+    dtype, shape = getattr(torch, str(marker.get("dtype")), None), marker.get("shape")
+    if not isinstance(dtype, torch.dtype) or not isinstance(shape, list) or \
+            not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise CheckpointError(f"a shard marker in {SHARD_META} is malformed ({str(marker)[:120]})")
+    return torch.empty(shape, dtype=dtype)
 
 
 def read_full(path: str) -> dict:
