@@ -164,11 +164,20 @@ def full_tensors(obj):
     return obj
 
 
-def tokenizer_of(state: dict):
+def tokenizer_of(state: dict, source: str = "the checkpoint"):
+    """The checkpoint's tokenizer; a corrupt entry, or roles missing or naming no token of it, is one line."""
     from tokenizers import Tokenizer as Backend
 
     from data.tokenizer import Tokenizer
-    return Tokenizer(Backend.from_str(state["tokenizer"]), **state["tokenizer_roles"])
+    text, roles = state.get("tokenizer"), state.get("tokenizer_roles")
+    if not isinstance(text, str) or not isinstance(roles, dict) or not isinstance(roles.get("roles"), dict):
+        raise CheckpointError(f"{source}: its tokenizer entry is missing or damaged (no tokenizer JSON with its "
+                              "roles); was it written by this project?")
+    try:
+        return Tokenizer(Backend.from_str(text), roles["roles"], roles.get("framing", "eos"))
+    except Exception as e:  # the tokenizers library raises its own kinds for unreadable JSON
+        why = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+        raise CheckpointError(f"{source}: its tokenizer cannot be used ({why})") from None
 
 
 def restore_parts(state: dict, parts: dict, source: str, say=print) -> None:
@@ -224,7 +233,7 @@ def load_for_inference(path: str, ema=None, device="cpu", say=None) -> tuple:
         raise CheckpointError(f"{path}: {e}")
     model = Transformer(config)
     load_weights(model, weights, path)
-    tokenizer = tokenizer_of(state)
+    tokenizer = tokenizer_of(state, path)
     if say is not None and state.get("ema"):  # there was a choice of weights: say which was taken
         say(f"{path}: using the {'EMA' if which == 'ema' else 'raw trained'} weights"
             f"{' (the ones the run evaluated)' if which == state.get('evaluated', 'model') else ''}")

@@ -78,3 +78,31 @@ def test_part_names_cannot_shadow_metadata(tmp_path, tok):
     with pytest.raises(ValueError, match="clash"):
         checkpoint.write(str(tmp_path / "x.pth"), {"model": model.state_dict(), "step": 1}, kind="train", step=1,
                          model_config=model.config.to_dict(), config={}, tokenizer=tok, evaluated="model")
+
+
+TOKENIZER_DAMAGE = {
+    "corrupt": lambda s: s.update(tokenizer="{not a tokenizer"),
+    "no_roles": lambda s: s.pop("tokenizer_roles"),
+    "roles_lack_eos": lambda s: s.update(tokenizer_roles={"roles": {"pad": "<pad>"}, "framing": "eos"}),
+    "role_names_no_token": lambda s: s["tokenizer_roles"]["roles"].update(eos="<no-such-token>"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(TOKENIZER_DAMAGE))
+@pytest.mark.parametrize("route", ["inference", "evaluate", "to_hf"])
+def test_damaged_tokenizer_entry_is_one_line(tmp_path, tok, capsys, route, damage):
+    import convert
+    import evaluate
+    import inference
+    from utils import run_cli
+    path = write(tmp_path / "best.pth", tiny_model("clm"), tok)
+    state = torch.load(path, weights_only=True)
+    TOKENIZER_DAMAGE[damage](state)
+    torch.save(state, path)
+    (tmp_path / "text.txt").write_text("To be or not to be.\n")
+    rc = {"inference": lambda: inference.main(["--model_path", path, "--prompt", "To be", "--max_new_tokens", "2"]),
+          "evaluate": lambda: evaluate.main(["--model_path", path, "--data", str(tmp_path / "text.txt")]),
+          "to_hf": lambda: run_cli(convert.main, ["to_hf", path, str(tmp_path / "hf")])}[route]()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"error: {path}: its tokenizer"), err
+    assert not (tmp_path / "hf").exists()
