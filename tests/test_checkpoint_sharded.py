@@ -101,3 +101,36 @@ def test_crafted_metadata_is_refused_without_running_code(tmp_path, monkeypatch)
     with pytest.raises(ckpt.CheckpointError, match="refusing its .metadata"):
         ckpt.load_checkpoint(path)
     assert not (tmp_path / "ran-code").exists()
+
+
+def test_shard_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import torch.distributed.checkpoint.filesystem as dcp_files
+
+    import convert
+    from utils import run_cli
+    src = str(tmp_path / "a.pth")
+    torch.save(state(1), src)
+
+    def full(*args, **kwargs):  # where DCP writes a tensor into its shard file; DCP wraps what it raises
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(dcp_files, "_write_item", full)
+    assert run_cli(convert.main, ["shard", src, str(tmp_path / "a.dcp")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot write the sharded checkpoint") and "no space left" in err[0]
+    assert sorted(os.listdir(tmp_path)) == ["a.pth"]
+
+
+def test_metadata_pointing_outside_the_checkpoint_is_refused(tmp_path):
+    import pickle
+    path = str(tmp_path / "a.dcp")
+    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    metadata = checkpoint_sharded.check_metadata(path)
+    for info in metadata.storage_data.values():
+        info.relative_path = "../../etc/hostname"
+    with open(os.path.join(path, ".metadata"), "wb") as f:
+        pickle.dump(metadata, f)
+    with pytest.raises(ckpt.CheckpointError, match="points outside the checkpoint"):
+        ckpt.load_checkpoint(path)
