@@ -26,9 +26,10 @@ A sharded checkpoint (--fsdp) is a directory NAME.dcp written by every rank at o
     .metadata, __R_0.distcp  torch.distributed.checkpoint's files holding those tensors by key (rank R's
                            shards), which DCP reads back into any other world size
 It is written under a temporary name and renamed once complete, so it too exists whole or not at all.
-`load_checkpoint` reads one as full tensors, so everything that reads a .pth reads a .dcp. DCP reads its
-.metadata file with pickle; it is first unpickled with an allow-list of DCP's own metadata classes,
-so a crafted one is refused instead of running code.
+`load_checkpoint` reads one as full tensors, so everything that reads a .pth reads a .dcp. DCP's
+.metadata is a pickle: it is unpickled against exact (module, class) pairs of DCP's metadata, every
+entry must be a tensor (DCP would unpickle bytes entries in full), and DCP is handed that vetted
+record instead of unpickling the file itself, so a crafted one is refused instead of running code.
 
 Inference, export, evaluation and tests load through `load_for_inference`."""
 import glob
