@@ -8,14 +8,20 @@ from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, 
                                  weights, write_config)
 
 
-@pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, run_root, objective):
+# muon: its momentum buffers and per-group rates, with clipping that bites and the wsd schedule
+MUON = dict(optimizer_type="muon", lr_scheduler="wsd", decay_fraction=0.5, grad_clip=0.5, embedding_lr=0.01)
+
+
+@pytest.mark.parametrize("objective, extra", [("clm", {}), ("mlm", {}), ("clm", MUON)], ids=["clm", "mlm", "muon"])
+def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, run_root, objective, extra):
     corpus, data_dir = tiny_corpus
     out = run_root / "out"
     common = dict(objective=objective, max_steps=16, save_interval=5, accumulation_steps=2, use_ema="true",
-                  ema_decay=0.9)
+                  ema_decay=0.9, **extra)
     base_cfg = write_config(run_root / "base.yaml", corpus, data_dir, out, run_name="base", **common)
-    run_ok(train_cmd("--config", base_cfg))
+    started = run_ok(train_cmd("--config", base_cfg))
+    if extra:
+        assert "muon: Newton-Schulz on 8 matrices costs" in started.stdout + started.stderr
     cut_cfg = write_config(run_root / "cut.yaml", corpus, data_dir, out, run_name="cut", **common)
     code, _, err = start_and_signal(train_cmd("--config", cut_cfg), str(out / "cut"), at_step=7, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-2000:]
