@@ -76,7 +76,8 @@ def muon_groups(model: nn.Module, t) -> list:
     head_lr, everything else (norms, biases, scalars, task heads) at learning_rate. Each group's
     lr_scale is its rate over learning_rate: the schedule multiplies all of them by one factor."""
     embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    block_ids = {id(p) for p in model.layers.parameters()}
+    blocks = getattr(model, "layers", None)  # a model without blocks: AdamW throughout
+    block_ids = {id(p) for p in blocks.parameters()} if isinstance(blocks, nn.Module) else set()
     output = getattr(model, "output", None)
     head_ids = {id(p) for p in output.parameters()} if isinstance(output, nn.Module) else set()
     base = t.learning_rate
