@@ -45,7 +45,8 @@ def test_a_new_schedule_is_one_entry(monkeypatch):
 def test_optimizer_registry_builds_each_entry_with_its_settings():
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 4))
     t = types.SimpleNamespace(weight_decay=0.0, decay_embeddings=False, learning_rate=1e-3, beta1=0.8, beta2=0.9,
-                              adam_eps=1e-6, optimizer_type=None)
+                              adam_eps=1e-6, optimizer_type=None, muon_lr=0.02, muon_momentum=0.95, embedding_lr=None,
+                              head_lr=None)
     for name, spec in optim.OPTIMIZERS.items():
         t.optimizer_type = name
         assert optim.check_settings(t) == ""

@@ -4,7 +4,9 @@ import math
 import pytest
 import torch
 
-from training.schedule import SCHEDULES, LRScheduler, lr_at, resolve_warmup
+from model.config import ConfigError
+from training.config import build_config
+from training.schedule import SCHEDULES, LRScheduler, decay_start, extension_note, lr_at, resolve_warmup
 
 # warmup 10 steps, decay over the 100 steps 10..110
 KW = dict(base_lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)
@@ -131,3 +133,72 @@ def test_load_reports_changed_settings_and_follows_a_new_run_length():
     old = LRScheduler(_optimizer(), kind="linear", **KW)
     assert old.load_state_dict({"step_count": 5, "last_lr": 0.5}) == []
     assert old.step() == pytest.approx(0.6)
+
+
+# ---- warmup-stable-decay -------------------------------------------------------------------------
+@pytest.mark.parametrize("shape, mid", [("1-sqrt", 0.1 + 0.9 * (1 - math.sqrt(0.5))), ("linear", 0.55)])
+def test_wsd_holds_the_peak_then_decays_over_the_last_fraction(shape, mid):
+    kw = dict(KW, kind="wsd", decay_fraction=0.2, decay_shape=shape)  # 22 decay steps: 88..110
+    assert decay_start(10, 110, 0.2) == 88
+    assert [lr_at(s, **kw) for s in (10, 50, 87, 88)] == [1.0] * 4
+    assert lr_at(99, **kw) == pytest.approx(mid)
+    assert lr_at(110, **kw) == pytest.approx(0.1) and lr_at(500, **kw) == pytest.approx(0.1)
+
+
+def test_wsd_decay_never_starts_inside_the_warmup():
+    assert decay_start(10, 110, 1.0) == 10  # the whole run after warmup decays
+    assert lr_at(60, kind="wsd", decay_fraction=1.0, decay_shape="linear", **KW) == pytest.approx(0.55)
+    assert decay_start(0, 3, 0.01) == 2  # at least one decay step
+
+
+def test_wsd_bad_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match=r"decay_fraction must be in \(0, 1\], got 0"):
+        lr_at(0, kind="wsd", decay_fraction=0, **KW)
+    with pytest.raises(ValueError, match="unknown wsd decay shape 'cosine'; choose one of linear, 1-sqrt"):
+        LRScheduler(_optimizer(), kind="wsd", decay_shape="cosine", **KW)
+    for flags, message in ((["--decay_fraction", "0"], r"train.decay_fraction must be in \(0, 1\]"),
+                           (["--decay_fraction", "1.5"], r"train.decay_fraction must be in \(0, 1\]"),
+                           (["--decay_shape", "sqrt"], "train.decay_shape must be one of linear, 1-sqrt")):
+        with pytest.raises(ConfigError, match=message) as e:
+            build_config(flags)
+        assert "\n" not in str(e.value)
+    assert build_config(["--lr_scheduler", "wsd", "--decay_fraction", "1"]).train.decay_fraction == 1.0
+
+
+def _wsd(total):
+    return LRScheduler(_optimizer(), kind="wsd", decay_fraction=0.2, decay_shape="1-sqrt",
+                       **dict(KW, total_steps=total))
+
+
+def test_wsd_extended_in_its_stable_phase_continues_as_if_planned_that_long():
+    short = _wsd(110)
+    for _ in range(50):
+        short.step()
+    longer = _wsd(210)
+    assert longer.load_state_dict(short.state_dict()) == ["total_steps"]
+    note = extension_note(short.state_dict()["schedule"], longer.schedule, 50)
+    assert note == ("note: wsd run extended from 110 to 210 steps in its stable phase (step 50): it continues at "
+                    "the peak rate as if planned that long, decaying from step 168")
+    planned = _wsd(210)
+    assert [longer.step() for _ in range(160)] == [planned.lr(s) for s in range(50, 210)]
+    assert extension_note(short.state_dict()["schedule"], short.schedule, 50) == ""  # same length: nothing to say
+    cosine = LRScheduler(_optimizer(), kind="cosine", **KW).schedule
+    assert extension_note(cosine, dict(cosine, total_steps=500), 50) == ""
+
+
+def test_wsd_extended_inside_its_decay_restarts_the_decay_later():
+    saved = _wsd(110).schedule
+    note = extension_note(saved, _wsd(210).schedule, 95)
+    assert "inside its decay (from step 88): the decay restarts on the new run's curve, back to the peak rate now " \
+           "and decaying from step 168" in note and "before step 88" in note
+    assert lr_at(95, **_wsd(210).schedule) == 1.0  # what the note promises
+    assert "on the new, longer decay" in extension_note(saved, _wsd(120).schedule, 100)  # new start 96
+
+
+def test_scheduler_scales_groups_with_their_own_rate():
+    params = [torch.nn.Parameter(torch.zeros(1)) for _ in range(2)]
+    opt = torch.optim.SGD([{"params": params[:1], "lr_scale": 20.0}, {"params": params[1:]}], lr=1.0)
+    sched = LRScheduler(opt, kind="wsd", **KW)
+    for _ in range(100):
+        lr = sched.step()
+    assert [g["lr"] for g in opt.param_groups] == [lr * 20.0, lr] and lr < 1.0

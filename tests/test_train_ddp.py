@@ -39,6 +39,18 @@ def test_two_ranks_equal_one_process_with_double_batch(tiny_corpus, run_root, si
     assert_same_run(single_reference, str(run_root / "out" / "ddp"), "checkpoint_step_30.pth")
 
 
+def test_two_ranks_with_muon_equal_one_process_with_double_batch(tiny_corpus, run_root):
+    """Every rank orthogonalises the same averaged gradient: the ranks stay one model."""
+    corpus, data_dir = tiny_corpus
+    muon = dict(max_steps=12, save_interval=12, optimizer_type="muon", lr_scheduler="wsd")
+    single = write_config(run_root / "single.yaml", corpus, data_dir, run_root / "out", run_name="single",
+                          batch_size=8, **muon)
+    run_ok(train_cmd("--config", single))
+    cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp", batch_size=4, **muon)
+    run_torchrun_ok(2, "--config", cfg, "--ddp")
+    assert_same_run(str(run_root / "out" / "single"), str(run_root / "out" / "ddp"), "checkpoint_step_12.pth")
+
+
 def test_sigterm_two_ranks_then_resume_equals_uninterrupted(tiny_corpus, run_root, single_reference):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "ddp.yaml", corpus, data_dir, run_root / "out", run_name="ddp",

@@ -57,6 +57,25 @@ def test_two_fsdp_ranks_equal_one_process_with_double_batch(runs):
                            weights(os.path.join(runs["fsdp"], "best.pth"))) < 1e-5
 
 
+def test_two_fsdp_ranks_with_muon_equal_one_process(tiny_corpus, tmp_path):
+    """Muon needs each whole matrix: every rank gathers the gradient, orthogonalises it and keeps its
+    shard of the result, which equals the one process's update; the momentum stays sharded."""
+    muon = dict(COMMON, max_steps=12, save_interval=12, eval_interval=12, optimizer_type="muon", lr_scheduler="wsd")
+    corpus, data_dir = tiny_corpus
+    single = write_config(tmp_path / "single.yaml", corpus, data_dir, tmp_path / "out", run_name="single",
+                          batch_size=8, **muon)
+    run_ok(train_cmd("--config", single))
+    cfg = write_config(tmp_path / "fsdp.yaml", corpus, data_dir, tmp_path / "out", run_name="fsdp", batch_size=4,
+                       **muon)
+    run_torchrun_ok(2, "--config", cfg, "--fsdp")
+    assert_losses_match(str(tmp_path / "out" / "single"), str(tmp_path / "out" / "fsdp"), range(1, 13))
+    final = tmp_path / "out" / "fsdp" / "checkpoint_step_12.dcp"
+    for key in ("model", "ema"):
+        assert max_weight_diff(weights(tmp_path / "out" / "single" / "checkpoint_step_12.pth", key), full(final, key)) < 1e-5
+    momentum = full(final, "optimizer")["state"][1]["momentum_buffer"]  # a block matrix, gathered whole
+    assert momentum.abs().sum() > 0
+
+
 def test_sigkill_then_resume_equals_uninterrupted_to_the_bit(runs):
     cfg = write_config(runs["root"] / "cut.yaml", runs["corpus"], runs["data_dir"], runs["root"] / "out",
                        run_name="cut", batch_size=4, **COMMON)

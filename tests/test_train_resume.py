@@ -8,14 +8,20 @@ from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, 
                                  weights, write_config)
 
 
-@pytest.mark.parametrize("objective", ["clm", "mlm"])
-def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, run_root, objective):
+# muon: its momentum buffers and per-group rates, with clipping that bites and the wsd schedule
+MUON = dict(optimizer_type="muon", lr_scheduler="wsd", decay_fraction=0.5, grad_clip=0.5, embedding_lr=0.01)
+
+
+@pytest.mark.parametrize("objective, extra", [("clm", {}), ("mlm", {}), ("clm", MUON)], ids=["clm", "mlm", "muon"])
+def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, run_root, objective, extra):
     corpus, data_dir = tiny_corpus
     out = run_root / "out"
     common = dict(objective=objective, max_steps=16, save_interval=5, accumulation_steps=2, use_ema="true",
-                  ema_decay=0.9)
+                  ema_decay=0.9, **extra)
     base_cfg = write_config(run_root / "base.yaml", corpus, data_dir, out, run_name="base", **common)
-    run_ok(train_cmd("--config", base_cfg))
+    started = run_ok(train_cmd("--config", base_cfg))
+    if extra:
+        assert "muon: Newton-Schulz on 8 matrices costs" in started.stdout + started.stderr
     cut_cfg = write_config(run_root / "cut.yaml", corpus, data_dir, out, run_name="cut", **common)
     code, _, err = start_and_signal(train_cmd("--config", cut_cfg), str(out / "cut"), at_step=7, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-2000:]
@@ -48,3 +54,26 @@ def test_resume_with_other_batch_split_continues_the_data_position(tiny_corpus, 
         assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6)
     diff = max_weight_diff(weights(out / "a" / "checkpoint_step_8.pth"), weights(out / "b" / "checkpoint_step_8.pth"))
     assert diff < 1e-5
+
+
+def test_wsd_run_resumed_longer_in_its_stable_phase_follows_the_longer_plan(tiny_corpus, run_root):
+    """A wsd run stopped in its stable phase and resumed with a larger max_steps says so and takes
+    the rates of a run planned that long from the start."""
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    cfg = write_config(run_root / "a.yaml", corpus, data_dir, out, run_name="a", max_steps=8, save_interval=3,
+                       lr_scheduler="wsd", decay_fraction=0.25)
+    run_ok(train_cmd("--config", cfg))
+    longer = run_ok(train_cmd("--config", cfg, "--run_name", "b", "--max_steps", "12",
+                              "--resume_from", str(out / "a" / "checkpoint_step_3.pth")))
+    said = longer.stdout + longer.stderr
+    assert ("note: wsd run extended from 8 to 12 steps in its stable phase (step 3): it continues at the peak "
+            "rate as if planned that long, decaying from step 9") in said
+    planned = run_ok(train_cmd("--config", cfg, "--run_name", "c", "--max_steps", "12"))
+    assert "extended" not in planned.stdout + planned.stderr
+    rates = {r["step"]: r["lr"] for r in read_metrics(str(out / "b"))}
+    assert sorted(rates) == list(range(4, 13))
+    assert rates == {r["step"]: r["lr"] for r in read_metrics(str(out / "c")) if r["step"] > 3}
+    # logged step n took step index n - 1: the 8-step plan decayed from index 6, the 12-step one from 9
+    short = {r["step"]: r["lr"] for r in read_metrics(str(out / "a"))}
+    assert short[8] < 3e-3 and rates[8] == rates[10] == 3e-3 and rates[11] < 3e-3

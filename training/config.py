@@ -12,7 +12,7 @@ import yaml
 
 from model.config import ConfigError, LMConfig
 from training.optim import OPTIMIZERS, check_settings as optimizer_problem
-from training.schedule import SCHEDULES
+from training.schedule import DECAY_SHAPES, SCHEDULES
 
 DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
@@ -58,7 +58,13 @@ class TrainConfig:
     warmup: float = 0.05                  # steps (>= 1) or a fraction of the run (< 1)
     lr_scheduler: str = "cosine"
     lr_power: float = 1.0                 # polynomial decay exponent
+    decay_fraction: float = 0.2           # wsd: the decay takes the last this share of the run, in (0, 1]
+    decay_shape: str = "1-sqrt"           # wsd: linear | 1-sqrt (Hagele et al. 2024: 1-sqrt does better)
     optimizer_type: str = "adamw"         # a name in training.optim.OPTIMIZERS
+    muon_lr: float = 0.02                 # muon: the blocks' weight matrices (update scaled by sqrt(max(1, rows/cols)))
+    muon_momentum: float = 0.95           # muon: Nesterov momentum of those matrices
+    embedding_lr: Optional[float] = None  # muon: embeddings' AdamW rate; None: learning_rate
+    head_lr: Optional[float] = None       # muon: untied output layer's AdamW rate; None: learning_rate
     weight_decay: float = 0.1
     decay_embeddings: bool = False
     beta1: float = 0.9
@@ -295,6 +301,10 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"data.seq_len {d.seq_len} is longer than the model's context (model.max_seq_len {context})")
     if t.lr_scheduler not in SCHEDULES:
         raise ConfigError(f"train.lr_scheduler must be one of {', '.join(SCHEDULES)}, got {t.lr_scheduler!r}")
+    if not 0 < t.decay_fraction <= 1:
+        raise ConfigError(f"train.decay_fraction must be in (0, 1] (the share of the run that decays), got {t.decay_fraction}")
+    if t.decay_shape not in DECAY_SHAPES:
+        raise ConfigError(f"train.decay_shape must be one of {', '.join(DECAY_SHAPES)}, got {t.decay_shape!r}")
     problem = optimizer_problem(t)
     if problem:
         raise ConfigError(problem)

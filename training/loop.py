@@ -24,12 +24,12 @@ from training.ema import EMA
 from training.freeze import Freezer
 from training.init_from import InitSource
 from training.metrics import MetricsLogger
-from training.optim import allocate_state, build_optimizer, is_fused
+from training.optim import allocate_state, build_optimizer, describe_muon, is_fused
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
 from training.run_dir import find_resume_path, prepare_run_dir
 from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
-from training.schedule import LRScheduler, resolve_warmup
+from training.schedule import LRScheduler, extension_note, resolve_warmup
 from training.signals import StopSignals
 from training.throughput import head_fraction, mfu, peak_flops
 from utils import format_count, resolve_dtype, seed_everything
@@ -94,7 +94,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw_model, t, device)
         self.scheduler = LRScheduler(self.optimizer, base_lr=t.learning_rate, min_lr=t.min_lr,
                                      warmup_steps=self.warmup_steps, total_steps=self.total_steps,
-                                     kind=t.lr_scheduler, power=t.lr_power)
+                                     kind=t.lr_scheduler, power=t.lr_power, decay_fraction=t.decay_fraction,
+                                     decay_shape=t.decay_shape)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.ema = EMA(self.raw_model, t.ema_decay) if t.use_ema else None
         self.progress = Progress()
@@ -249,6 +250,9 @@ class Trainer:
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)
                    if self.scheduler.schedule.get(k) != saved_schedule[k]]
+        extended = extension_note(saved_schedule, self.scheduler.schedule, self.step)
+        if extended:
+            self.say(extended)
         if changed:
             self.say(f"note: the learning-rate schedule differs from the checkpoint's and the new one applies "
                      f"from step {self.step}: {', '.join(changed)}")
@@ -404,6 +408,9 @@ class Trainer:
         self.say(f"training {format_count(self.raw_model.num_params())} parameters ({self.model_config.objective}) "
                  f"on {self.device} x{info.world_size}{threads}, {self.dtype}, global batch {self.global_batch} x "
                  f"{self.seq_len} tokens, {self.total_steps} steps -> {self.run_dir}")
+        if t.optimizer_type == "muon":  # the iteration's share, from the real shapes (per rank)
+            step_flops = self.raw_model.flops_per_token(self.head_fraction) * self.global_batch * self.seq_len
+            self.say(describe_muon(self.optimizer, step_flops / info.world_size))
         bar = tqdm(total=self.total_steps, initial=self.step, disable=not info.is_main, dynamic_ncols=True,
                    unit="step")
         tokens_per_step = self.global_batch * self.seq_len
