@@ -508,3 +508,19 @@ def test_llama_export_refuses_recipe_pieces(kw, fragment):
     # Initialisation pieces and an untied head are only values of the weights: they export.
     plain = LMConfig(**SMALL, zero_init=True, tie_embeddings=False, head_init_std=0.0)
     assert LLAMA.config_to_hf(plain)["tie_word_embeddings"] is False
+
+
+def test_compiled_blocks_with_the_recipe_train_as_eager_ones():
+    """train --compile (compile_blocks): QK-norm and ReLU^2 blocks give the eager loss and gradients."""
+    g = torch.Generator().manual_seed(16)
+    x, y = torch.randint(5, 211, (2, 24), generator=g), torch.randint(5, 211, (2, 24), generator=g)
+    results = []
+    for compiled in (False, True):
+        m = _randomise(make(**RECIPE, tie_embeddings=False), seed=2).train()
+        if compiled:
+            m.compile_blocks()
+        out = m(x, labels=y, return_logits=False)
+        out.loss.backward()
+        results.append((out.loss.item(), [p.grad.clone() for p in m.parameters()]))
+    assert results[1][0] == pytest.approx(results[0][0], abs=1e-5)
+    assert all((a - b).abs().max() < 1e-4 for a, b in zip(results[1][1], results[0][1]))
