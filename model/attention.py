@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.layers import rotate_into
+from model.layers import RMSNorm, apply_rotary, rotate_into
 
 
 class KVCache:
@@ -107,11 +107,26 @@ def _one_query_attention(q, k, v, mask, n_kv_heads):
     return (torch.softmax(scores, dim=-1) @ v).reshape(b, h, 1, d)
 
 
+def _normed_heads(qkv, q_norm, k_norm, cos, sin, n_heads, n_kv_heads, head_dim):
+    """QK-norm (Qwen3, the NanoGPT speedrun): each head's q and k RMS-normalised over its channels,
+    one learnable weight per channel shared by the heads, then rotated (cos None: not rotated).
+    Plain autograd: the norm sits between the projection and the rotation, so _RotaryHeads' fused
+    backward does not apply."""
+    b, t, _ = qkv.shape
+    heads = qkv.view(b, t, -1, head_dim)
+    q, k = q_norm(heads[:, :, :n_heads]), k_norm(heads[:, :, n_heads:n_heads + n_kv_heads])
+    if cos is not None:
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+    return q.transpose(1, 2), k.transpose(1, 2), heads[:, :, n_heads + n_kv_heads:].transpose(1, 2)
+
+
 class Attention(nn.Module):
-    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True, qkv_bias=None):
+    def __init__(self, dim, n_heads, n_kv_heads, dropout=0.0, bias=False, rotary=True, qkv_bias=None,
+                 qk_norm=False, norm_eps=1e-6):
         """bias: a bias on the output projection, and on q/k/v too unless qkv_bias says otherwise
         (Qwen2 has q/k/v biases and none on the output). rotary: q and k are rotated by the
-        (cos, sin) tables forward receives; without it they are used as projected."""
+        (cos, sin) tables forward receives; without it they are used as projected. qk_norm: q and k
+        RMS-normalised per head (weights q_norm.weight, k_norm.weight: [head_dim]) before rotary."""
         super().__init__()
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, dim // n_heads
         # q, k and v projections as one matrix (rows: q heads, then k heads, then v heads): one
@@ -122,6 +137,9 @@ class Attention(nn.Module):
         # How the fused projection becomes heads (with autograd, without), chosen once here so that
         # forward does not test the choice again.
         self._heads_grad, self._heads = (_RotaryHeads.apply, _rotary_heads) if rotary else (_plain_heads, _plain_heads)
+        self.rotary = rotary
+        self.q_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
+        self.k_norm = RMSNorm(self.head_dim, norm_eps) if qk_norm else None
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
@@ -130,7 +148,10 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         qkv = self.wqkv(x)
         heads = (qkv, cos, sin, self.n_heads, self.n_kv_heads, self.head_dim)
-        if torch.is_grad_enabled() and qkv.requires_grad:
+        if self.q_norm is not None:
+            q, k, v = _normed_heads(qkv, self.q_norm, self.k_norm, cos if self.rotary else None, sin,
+                                    *heads[3:])
+        elif torch.is_grad_enabled() and qkv.requires_grad:
             q, k, v = self._heads_grad(*heads)
         else:  # inference: no autograd bookkeeping
             q, k, v = self._heads(*heads)

@@ -22,7 +22,8 @@ class Block(nn.Module):
         norm = NORMS[cfg.norm]
         self.attention_norm = norm.from_config(cfg)
         self.attention = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, cfg.dropout, bias=cfg.bias,
-                                   rotary=POSITIONS[cfg.positions].rotary, qkv_bias=cfg.qkv_bias)
+                                   rotary=POSITIONS[cfg.positions].rotary, qkv_bias=cfg.qkv_bias,
+                                   qk_norm=cfg.qk_norm, norm_eps=cfg.norm_eps)
         self.ffn_norm = norm.from_config(cfg)
         self.feed_forward = FEED_FORWARDS[cfg.feed_forward].from_config(cfg)
 

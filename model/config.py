@@ -15,14 +15,15 @@ class ConfigError(UserError, ValueError):
 
 # What `model.arch` selects: the values of every family-chosen key the config leaves unset. The
 # Llama entry is the default, fast block; the others express their transformers families exactly
-# (model/hf/ maps their weights). qwen2: Llama with q/k/v biases; gpt2: pre-norm LayerNorm, learned
+# (model/hf/ maps their weights). qwen2: Llama with q/k/v biases; qwen3: Llama with QK-norm; gpt2: pre-norm LayerNorm, learned
 # positions, tanh-GELU MLP, biases everywhere; bert: post-norm, learned positions, token types, a
 # LayerNorm over the embeddings, exact-GELU MLP, biases everywhere, masked-LM objective.
 _LLAMA = dict(objective="clm", norm="rmsnorm", positions="rope", feed_forward="swiglu", bias=False,
-              residual="pre", token_types=0, embedding_norm=False, norm_eps=1e-5, rope_theta=10000.0)
+              residual="pre", token_types=0, embedding_norm=False, norm_eps=1e-5, rope_theta=10000.0, qk_norm=False)
 FAMILY_DEFAULTS = {
     "llama": _LLAMA,
     "qwen2": {**_LLAMA, "qkv_bias": True, "norm_eps": 1e-6, "rope_theta": 1000000.0},
+    "qwen3": {**_LLAMA, "qk_norm": True, "norm_eps": 1e-6, "rope_theta": 1000000.0},
     "gpt2": {**_LLAMA, "norm": "layernorm", "positions": "learned", "feed_forward": "gelu_tanh", "bias": True},
     "bert": {**_LLAMA, "objective": "mlm", "norm": "layernorm", "positions": "learned", "feed_forward": "gelu",
              "bias": True, "residual": "post", "token_types": 2, "embedding_norm": True, "norm_eps": 1e-12},
@@ -53,15 +54,21 @@ class LMConfig:
     # The family and its block pieces. arch names a family in FAMILY_DEFAULTS; every key below (and
     # objective, norm_eps, rope_theta) left unset (None) takes that family's value, one set wins.
     # Piece names are looked up in their registries (model/layers.py, model/blocks.py).
-    arch: str = "llama"                   # llama | qwen2 | gpt2 | bert
+    arch: str = "llama"                   # llama | qwen2 | qwen3 | gpt2 | bert
     norm: Optional[str] = None            # rmsnorm | layernorm (weight and bias)
     positions: Optional[str] = None       # rope | none | learned (a table added at the input)
     feed_forward: Optional[str] = None    # swiglu | gelu (Linear -> GELU -> Linear) | gelu_tanh (GPT-2's GELU)
+                                          # | relu2 (Linear -> relu(x)^2 -> Linear)
     bias: Optional[bool] = None           # biases in the attention output projection and the feed-forward
     qkv_bias: Optional[bool] = None       # biases in the q/k/v projections; None -> the same as bias
     residual: Optional[str] = None        # pre (norm inside each residual branch, final norm) | post (BERT)
     token_types: Optional[int] = None     # rows of a token-type (segment) embedding added at the input; 0: none
     embedding_norm: Optional[bool] = None  # a norm over the summed input embeddings (BERT)
+    qk_norm: Optional[bool] = None        # RMS norm (learnable weight) of each head's q and k before rotary (Qwen3)
+    # Training-recipe pieces (all off by default): initialisation and the logits.
+    zero_init: bool = False               # attention out-projections and feed-forward down-projections start at 0
+    head_init_std: Optional[float] = None  # an untied head's init std; None: init_std, 0: a zero head
+    logit_softcap: float = 0.0            # > 0: logits = cap * tanh(logits / cap), in training and inference; 0: off
 
     def __post_init__(self):
         if not isinstance(self.arch, str) or self.arch not in FAMILY_DEFAULTS:
@@ -78,7 +85,7 @@ class LMConfig:
             value = getattr(self, key)
             if not isinstance(value, str) or value not in registry:
                 raise ConfigError(f"model.{key} must be one of {', '.join(registry)}, got {value!r}")
-        for key in ("bias", "qkv_bias", "embedding_norm", "document_mask", "next_sentence"):
+        for key in ("bias", "qkv_bias", "embedding_norm", "document_mask", "next_sentence", "qk_norm", "zero_init"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"model.{key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.token_types, int) or isinstance(self.token_types, bool) or self.token_types < 0:
@@ -105,6 +112,18 @@ class LMConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout!r}")
         if self.norm_eps <= 0 or self.rope_theta <= 0 or self.init_std <= 0:
             raise ConfigError("model.norm_eps, model.rope_theta and model.init_std must be positive")
+        if isinstance(self.logit_softcap, bool) or not isinstance(self.logit_softcap, (int, float)) \
+                or not self.logit_softcap >= 0:
+            raise ConfigError(f"model.logit_softcap must be a number >= 0 (0: off), got {self.logit_softcap!r}")
+        self.logit_softcap = float(self.logit_softcap)
+        if self.head_init_std is not None:
+            if isinstance(self.head_init_std, bool) or not isinstance(self.head_init_std, (int, float)) \
+                    or not self.head_init_std >= 0:
+                raise ConfigError(f"model.head_init_std must be a number >= 0 (0: a zero head) or null, "
+                                  f"got {self.head_init_std!r}")
+            if not self.causal or self.tie_embeddings:
+                raise ConfigError("model.head_init_std initialises an untied output head: it needs "
+                                  "model.tie_embeddings false and a causal objective (clm, plm)")
         if not 0 <= self.pad_token_id < self.vocab_size:
             raise ConfigError(f"model.pad_token_id ({self.pad_token_id}) must be a valid id below vocab_size ({self.vocab_size})")
 

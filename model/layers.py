@@ -250,4 +250,12 @@ class GeluTanhMLP(GeluMLP):
         return self.dropout(self.w_down(F.gelu(self.w_up(x), approximate="tanh")))
 
 
-FEED_FORWARDS = {"swiglu": SwiGLU, "gelu": GeluMLP, "gelu_tanh": GeluTanhMLP}
+class ReLU2MLP(GeluMLP):
+    """w_down(relu(w_up(x))^2): the squared-ReLU MLP of the NanoGPT speedrun and nanochat, two
+    matrices at 4 * dim by default (relu(x)^2 is cheaper than GELU and trained faster there)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.w_down(F.relu(self.w_up(x)).square()))
+
+
+FEED_FORWARDS = {"swiglu": SwiGLU, "gelu": GeluMLP, "gelu_tanh": GeluTanhMLP, "relu2": ReLU2MLP}

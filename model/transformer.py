@@ -71,15 +71,26 @@ class Transformer(nn.Module):
         self.next_sentence = NextSentenceHead(config) if config.next_sentence else None
         self.apply(self._init_weights)
         # Residual projections scaled by depth, so the residual stream's variance stays bounded.
+        # model.zero_init: they start at 0 instead, so each block starts as the identity.
         for name, p in self.named_parameters():
             if name.endswith("attention.wo.weight") or name.endswith("feed_forward.w_down.weight"):
-                nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+                if config.zero_init:
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
+        if self.output is not None and config.head_init_std is not None:  # an untied head's own init
+            nn.init.normal_(self.output.weight, mean=0.0, std=config.head_init_std)
 
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
+
+    def _capped(self, logits: torch.Tensor) -> torch.Tensor:
+        """model.logit_softcap: cap * tanh(logits / cap), every place logits are produced."""
+        cap = self.config.logit_softcap
+        return logits if not cap else cap * torch.tanh(logits / cap)
 
     @property
     def output_weight(self) -> torch.Tensor:
@@ -217,15 +228,16 @@ class Transformer(nn.Module):
                                  "(model.next_sentence false)")
             return out
         if labels is None:
-            return ModelOutput(logits=F.linear(h, self.output_weight))
+            return ModelOutput(logits=self._capped(F.linear(h, self.output_weight)))
         flat_h, flat_y = h.reshape(-1, h.shape[-1]), labels.reshape(-1)
         n_targets = (flat_y != IGNORE_INDEX).sum()
         if return_logits:
-            logits = F.linear(h, self.output_weight)
+            logits = self._capped(F.linear(h, self.output_weight))
             loss_sum = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), flat_y,
                                        ignore_index=IGNORE_INDEX, reduction="sum")
         else:
-            logits, loss_sum = None, chunked_cross_entropy_sum(flat_h, self.output_weight, flat_y)
+            logits, loss_sum = None, chunked_cross_entropy_sum(flat_h, self.output_weight, flat_y,
+                                                               softcap=self.config.logit_softcap)
         return ModelOutput(logits, loss_sum / n_targets.clamp(min=1), loss_sum, n_targets)
 
     def decode_step(self, tokens, cache: KVCache, slot, positions, key_mask):
@@ -243,14 +255,14 @@ class Transformer(nn.Module):
         mask, step = key_mask[:, None, None, :], cache.at(slot, key_mask.shape[1])
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, mask, False, step, i)
-        return F.linear(self.norm(x[:, 0]), self.output_weight)
+        return self._capped(F.linear(self.norm(x[:, 0]), self.output_weight))
 
     def _mlm_output(self, h, labels, return_logits):
         if labels is None:
-            return ModelOutput(logits=self.mlm_head(h, self.tok_embeddings.weight))
+            return ModelOutput(logits=self._capped(self.mlm_head(h, self.tok_embeddings.weight)))
         selected = labels != IGNORE_INDEX
         # Only masked positions need vocabulary logits: the rest of the projection is wasted work.
-        logits = self.mlm_head(h[selected], self.tok_embeddings.weight)
+        logits = self._capped(self.mlm_head(h[selected], self.tok_embeddings.weight))
         targets = labels[selected]
         loss_sum = F.cross_entropy(logits.float(), targets, reduction="sum")
         n_targets = selected.sum()

@@ -1,5 +1,5 @@
 """Hugging Face families expressed by LMConfig switches and mapped by model/hf/: small random-weight
-GPT-2, Llama, Qwen2 and BertForMaskedLM models built in transformers import into our Transformer
+GPT-2, Llama, Qwen2, Qwen3 and BertForMaskedLM models built in transformers import into our Transformer
 with equal logits (decoders also through our KV cache on a left-padded batch), export back into
 their transformers class with equal logits, and the real all-MiniLM-L6-v2 weights give BertModel's
 hidden states. The family-shaped models train, checkpoint their gradients, quantize and decode as
@@ -32,11 +32,15 @@ HF_MODELS = {
               dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-6, rope_theta=1000000.0,
                    tie_word_embeddings=True)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
+              dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, head_dim=16, max_position_embeddings=64, rms_norm_eps=1e-6,
+                   rope_theta=1000000.0, tie_word_embeddings=False)),
     "bert": ("BertConfig", "BertForMaskedLM",
              dict(vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                   max_position_embeddings=64, type_vocab_size=2, hidden_act="gelu")),
 }
-DECODERS = ["gpt2", "llama", "qwen2"]
+DECODERS = ["gpt2", "llama", "qwen2", "qwen3"]
 
 
 def hf_model(family: str, seed: int = 0):
@@ -100,6 +104,9 @@ def test_family_configs_carry_their_settings():
         (1e-6, 50000.0, False, 2, 160)
     qwen2 = imported(hf_model("qwen2"))[1]
     assert (qwen2.bias, qwen2.qkv_bias, qwen2.rope_theta, qwen2.tie_embeddings) == (False, True, 1e6, True)
+    qwen3 = imported(hf_model("qwen3"))[1]
+    assert (qwen3.qk_norm, qwen3.bias, qwen3.qkv_bias, qwen3.rope_theta, qwen3.norm_eps, qwen3.tie_embeddings) == \
+        (True, False, False, 1e6, 1e-6, False)
     bert = imported(hf_model("bert"))[1]
     assert (bert.residual, bert.token_types, bert.embedding_norm, bert.norm_eps, bert.max_seq_len, bert.pad_token_id) \
         == ("post", 2, True, 1e-12, 64, 0)
@@ -217,6 +224,12 @@ def test_default_masked_model_does_not_export():
     (dict(arch="qwen2", bias=True), "model.bias=True"),
     (dict(arch="bert", residual="pre"), "model.residual='pre'"),
     (dict(arch="llama", positions="learned"), "model.positions='learned'"),
+    (dict(arch="qwen3", qk_norm=False), "model.qk_norm=False"),
+    (dict(arch="qwen3", feed_forward="relu2"), "model.feed_forward='relu2'"),
+    (dict(arch="qwen3", logit_softcap=30.0), "model.logit_softcap=30.0"),
+    (dict(arch="qwen2", qk_norm=True), "model.qk_norm=True"),
+    (dict(arch="gpt2", feed_forward="relu2"), "model.feed_forward='relu2'"),
+    (dict(arch="bert", logit_softcap=30.0), "model.logit_softcap=30.0"),
 ])
 def test_models_off_their_family_are_refused_on_export(cfg, fragment):
     cfg = LMConfig(vocab_size=VOCAB, dim=64, n_layers=1, n_heads=4, **cfg)
@@ -241,6 +254,10 @@ def test_unsupported_architecture_is_one_line():
     ({"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "rope type 'llama3'"),
     ({"model_type": "llama", "attention_bias": True}, "attention_bias"),
     ({"model_type": "qwen2", "use_sliding_window": True}, "use_sliding_window"),
+    ({"model_type": "qwen3", "use_sliding_window": True}, "use_sliding_window"),
+    ({"model_type": "qwen3", "attention_bias": True}, "attention_bias"),
+    ({"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16, "head_dim": 128},  # Qwen3-0.6B
+     "head_dim 128 x 16 heads != hidden_size 1024"),
 ])
 def test_unsupported_variants_are_one_line(hf_config, fragment):
     with pytest.raises(ValueError) as e:
@@ -254,6 +271,17 @@ def test_a_weight_without_a_place_is_refused():
     state = {**theirs.state_dict(), "model.layers.0.self_attn.o_proj.bias": torch.zeros(64)}
     with pytest.raises(ValueError, match="model.layers.0.self_attn.o_proj.bias|layers.0.self_attn.o_proj.bias"):
         FAMILIES["qwen2"].state_from_hf(state, cfg)
+
+
+def test_qwen3_norms_are_read_by_layer_and_a_stray_one_is_refused():
+    theirs = hf_model("qwen3")
+    cfg = LMConfig.from_dict(FAMILIES["qwen3"].config_from_hf(theirs.config.to_dict()))
+    bare = {k[len("model."):] if k.startswith("model.") else k: v for k, v in theirs.state_dict().items()}
+    got = FAMILIES["qwen3"].state_from_hf(bare, cfg)  # Qwen3Model names (no "model." prefix) read too
+    assert torch.equal(got["layers.1.attention.k_norm.weight"], theirs.model.layers[1].self_attn.k_norm.weight)
+    stray = {**theirs.state_dict(), "model.layers.2.self_attn.q_norm.weight": torch.ones(16)}
+    with pytest.raises(ValueError, match="layers.2.self_attn.q_norm.weight"):
+        FAMILIES["qwen3"].state_from_hf(stray, cfg)
 
 
 def test_bert_encoder_and_pretraining_weights_import():
@@ -327,6 +355,9 @@ def test_arch_selects_the_family_pieces_and_keys():
     gpt2 = small("gpt2")
     assert "positions.weight" in gpt2.state_dict() and "norm.bias" in gpt2.state_dict()
     assert "token_type_embeddings.weight" not in gpt2.state_dict()
+    qwen3 = small("qwen3")
+    assert "layers.1.attention.q_norm.weight" in qwen3.state_dict() and qwen3.config.rope_theta == 1e6
+    assert "layers.0.attention.wqkv.bias" not in qwen3.state_dict()
     qwen2 = small("qwen2")
     keys = qwen2.state_dict()
     assert "layers.0.attention.wqkv.bias" in keys and "layers.0.attention.wo.bias" not in keys
@@ -336,7 +367,7 @@ def test_arch_selects_the_family_pieces_and_keys():
     assert LMConfig(bias=True).qkv_bias is True
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2", "qwen2"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "qwen2", "qwen3"])
 def test_family_models_train_with_falling_loss(arch):
     m = small(arch).train()
     g = torch.Generator().manual_seed(14)
@@ -358,7 +389,7 @@ def test_family_models_train_with_falling_loss(arch):
     assert losses[-1] < losses[0] - 1.0, losses
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "qwen3"])
 def test_chunked_loss_and_gradient_checkpointing_change_nothing(arch):
     g = torch.Generator().manual_seed(15)
     x = torch.randint(5, VOCAB, (2, 40), generator=g)
@@ -404,7 +435,7 @@ def test_token_types_only_where_the_model_has_them():
         LMConfig(arch="bert", token_types=-2)
 
 
-@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "qwen3"])
 def test_int8_quantizes_family_blocks(arch):
     from model.int8 import Int8Linear, int8_available, quantize_int8
     if not int8_available():

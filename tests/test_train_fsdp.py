@@ -137,13 +137,21 @@ def test_convert_between_sharded_and_single_file(runs, tmp_path):
     assert max_weight_diff(again["optimizer"]["state"][0], whole["optimizer"]["state"][0]) == 0.0
 
 
-def test_gradient_checkpointing_under_fsdp_gives_the_same_run(tiny_corpus, tmp_path):
+# The issue-20 block pieces (QK-norm, ReLU^2, zero-initialised projections and untied head, soft cap).
+RECIPE_FLAGS = ("--model.qk_norm", "true", "--model.feed_forward", "relu2", "--model.zero_init", "true",
+                "--model.tie_embeddings", "false", "--model.head_init_std", "0", "--model.logit_softcap", "15")
+
+
+@pytest.mark.parametrize("pieces", [(), RECIPE_FLAGS], ids=["default", "recipe"])
+def test_gradient_checkpointing_under_fsdp_gives_the_same_run(tiny_corpus, tmp_path, pieces):
     (corpus, data_dir), out, short = tiny_corpus, tmp_path / "out", {**COMMON, "max_steps": 6, "save_interval": 6}
     cfg = write_config(tmp_path / "gc.yaml", corpus, data_dir, out, run_name="gc", batch_size=4, **short)
     ref = write_config(tmp_path / "ref.yaml", corpus, data_dir, out, run_name="ref", batch_size=8, **short)
-    run_torchrun_ok(2, "--config", cfg, "--fsdp", "--gradient_checkpointing")
-    run_ok(train_cmd("--config", ref))
+    run_torchrun_ok(2, "--config", cfg, "--fsdp", "--gradient_checkpointing", *pieces)
+    run_ok(train_cmd("--config", ref, *pieces))
     assert_losses_match(str(out / "ref"), str(out / "gc"), range(1, 7))
+    model = ckpt.load_checkpoint(str(out / "ref" / "checkpoint_step_6.pth"))["model_config"]
+    assert (model["qk_norm"], model["logit_softcap"]) == ((True, 15.0) if pieces else (False, 0.0))
 
 
 def test_fsdp_refuses_what_it_cannot_do_in_one_line(tiny_corpus, tmp_path):

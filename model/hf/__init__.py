@@ -14,13 +14,14 @@ from model.hf.base import Family
 from model.hf.bert import BERT
 from model.hf.gpt2 import GPT2
 from model.hf.llama import LLAMA, QWEN2
+from model.hf.qwen3 import QWEN3
 
-FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, GPT2, BERT)}
+FAMILIES = {f.model_type: f for f in (LLAMA, QWEN2, QWEN3, GPT2, BERT)}
 
 # Classes whose weights a family reads, for a config.json without model_type.
 _ARCHITECTURES = {"LlamaForCausalLM": "llama", "LlamaModel": "llama", "Qwen2ForCausalLM": "qwen2",
                   "Qwen2Model": "qwen2", "GPT2LMHeadModel": "gpt2", "GPT2Model": "gpt2", "BertForMaskedLM": "bert",
-                  "BertModel": "bert", "BertForPreTraining": "bert"}
+                  "BertModel": "bert", "BertForPreTraining": "bert", "Qwen3ForCausalLM": "qwen3", "Qwen3Model": "qwen3"}
 
 
 def family_for_hf_config(hf_config: dict) -> Family:

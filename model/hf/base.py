@@ -27,7 +27,8 @@ class Family(abc.ABC):
         """ValueError, one line, when the config's model is not exactly this family's."""
         if cfg.objective != self.objective:
             raise ValueError(self.objective_message(cfg))
-        need = self.pieces(cfg)
+        # No family here has soft-capped logits, and only Qwen3 has QK-norm (its PIECES say so).
+        need = {"qk_norm": False, "logit_softcap": 0.0, **self.pieces(cfg)}
         other = {k: getattr(cfg, k) for k, v in need.items() if getattr(cfg, k) != v}
         if other:
             raise ValueError(f"only the {self.title} block maps to the {self.title} layout ("
