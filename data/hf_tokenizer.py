@@ -138,3 +138,34 @@ def _vocab_txt(tokenizer):
         raise DataError("this WordPiece vocabulary has gaps in its ids or a token with a line break: "
                         "vocab.txt (one token per line, by id) cannot hold it")
     return "".join(by_id[i] + "\n" for i in range(len(by_id)))
+
+
+def from_transformers(hf_tokenizer):
+    """Our Tokenizer from a transformers one (AutoTokenizer.from_pretrained): the same `tokenizers`
+    pipeline, so text encodes and decodes as it does there, with its special tokens by role. Like a
+    tokenizer.json without sidecar files, one that names no special token has this project's."""
+    from data.tokenizer import Tokenizer
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError(f"{type(hf_tokenizer).__name__} has no `tokenizers` backend (a slow tokenizer); load it "
+                        "with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    backend = BackendTokenizer.from_str(backend.to_str())  # a copy: padding or truncation set there stays there
+    backend.no_padding()
+    backend.no_truncation()
+    named = {k: _token(v) for k, v in (getattr(hf_tokenizer, "special_tokens_map", None) or {}).items()}
+    roles = {role: next((named[k] for k in keys if named.get(k)), None) for role, keys in ROLE_KEYS.items()}
+    framing = (getattr(hf_tokenizer, "init_kwargs", None) or {}).get("document_framing")
+    if framing is None:
+        framing = "cls_sep" if named.get("cls_token") and not named.get("eos_token") else "eos"
+    return Tokenizer(backend, roles if any(roles.values()) else None, framing)
+
+
+def as_tokenizer(tokenizer):
+    """A tokenizer as this project's code takes it: ours (or one shaped like it: eos_id, encode,
+    decode, decode_bytes) as it is, a transformers tokenizer through from_transformers."""
+    if hasattr(tokenizer, "eos_id"):
+        return tokenizer
+    if hasattr(tokenizer, "backend_tokenizer") or hasattr(tokenizer, "special_tokens_map"):
+        return from_transformers(tokenizer)
+    raise TypeError(f"{type(tokenizer).__name__} is not a tokenizer: pass data.tokenizer.Tokenizer "
+                    "(load_tokenizer) or a transformers tokenizer (AutoTokenizer.from_pretrained)")

@@ -75,6 +75,15 @@ class Transformer(nn.Module):
             if name.endswith("attention.wo.weight") or name.endswith("feed_forward.w_down.weight"):
                 nn.init.normal_(p, mean=0.0, std=config.init_std / math.sqrt(2 * config.n_layers))
 
+    @classmethod
+    def from_checkpoint(cls, path: str, ema=None, device="cpu") -> "Transformer":
+        """The model of a checkpoint file, in eval mode: its config and weights in one call (a
+        checkpoint is a dict of parts and metadata, not a bare state dict, and is read with
+        weights_only=True). ema: None = the weights the run evaluated, True = EMA, False = raw.
+        The tokenizer comes with checkpoint.load_for_inference, or from an export directory."""
+        from checkpoint import load_for_inference
+        return load_for_inference(path, ema=ema, device=device)[0]
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)
