@@ -115,7 +115,7 @@ def from_hf(directory: str, out_path: str, say=print) -> str:
 def to_hf(checkpoint_path: str, out_dir: str, use_ema=None, fmt: str = "hf", say=print) -> str:
     from safetensors.torch import save
 
-    from data.hf_tokenizer import save_roles
+    from data.hf_tokenizer import save_for_transformers
     from model.hf import family_for_config
 
     model, cfg, tokenizer = checkpoint.load_for_inference(checkpoint_path, ema=use_ema, say=say)
@@ -128,16 +128,19 @@ def to_hf(checkpoint_path: str, out_dir: str, use_ema=None, fmt: str = "hf", say
             weights, config = family.state_to_hf(weights, cfg), family.config_to_hf(cfg)
         except ValueError as e:
             raise ConvertError(f"{checkpoint_path}: {e}")
-        ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.bos_id, "eos_token_id": tokenizer.eos_id}
-        config.update({k: v for k, v in ids.items() if v is not None}, torch_dtype="float32")
+        # A tied weight is stored once, as save_pretrained does; loading ties it again.
+        weights = {k: v for k, v in weights.items() if k not in family.tied_names(cfg)}
+        ids = {"pad_token_id": tokenizer.pad_id, "bos_token_id": tokenizer.start_id, "eos_token_id": tokenizer.eos_id}
+        # transformers 5 reads "dtype" (torch_dtype is its deprecated alias).
+        config.update({k: v for k, v in ids.items() if v is not None}, dtype="float32")
     check_writable_dir(out_dir, "export directory")
+    # The tokenizer files first: a vocabulary vocab.txt cannot hold fails before anything is written.
+    save_for_transformers(tokenizer, out_dir, model_max_length=cfg.max_seq_len)
     # safetensors refuses tensors that share memory: each exported tensor gets its own storage.
     tensors = {k: v.detach().contiguous().clone() for k, v in weights.items()}
     metadata = {"format": "pt", "source": os.path.basename(checkpoint_path), "layout": fmt}
     atomic_write(os.path.join(out_dir, "model.safetensors"), lambda f: f.write(save(tensors, metadata=metadata)))
     atomic_write(os.path.join(out_dir, "config.json"), lambda f: json.dump(config, f, indent=2), binary=False)
-    tokenizer.save(os.path.join(out_dir, "tokenizer.json"))
-    save_roles(tokenizer, out_dir)
     return out_dir
 
 

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers
 
 from data.errors import DataError
-from utils import write_json_atomic
+from utils import atomic_write, write_json_atomic
 
 ROLE_KEYS = {"pad": ("pad_token",), "bos": ("bos_token", "cls_token"), "eos": ("eos_token", "sep_token"),
              "unk": ("unk_token",), "mask": ("mask_token",)}
@@ -92,14 +92,80 @@ def read_tokenizer_files(path: str) -> tuple:
     return backend, found[0], found[1]
 
 
+def _sidecar(roles: dict, framing: str) -> dict:
+    """Roles as transformers names them: cls/sep for a cls_sep tokenizer, bos/eos otherwise."""
+    named = {keys[0]: roles[role] for role, keys in ROLE_KEYS.items() if roles.get(role)}
+    if framing == "cls_sep":
+        named["cls_token"], named["sep_token"] = roles.get("bos"), roles.get("eos")
+        named.pop("bos_token", None), named.pop("eos_token", None)
+    return named
+
+
+def _write_sidecars(directory: str, named: dict, framing: str, model_max_length: int) -> None:
+    write_json_atomic(os.path.join(directory, "special_tokens_map.json"), named)
+    write_json_atomic(os.path.join(directory, "tokenizer_config.json"),
+                      {**named, "tokenizer_class": "PreTrainedTokenizerFast", "document_framing": framing,
+                       "model_max_length": model_max_length})
+
+
 def save_roles(tokenizer, directory: str) -> None:
     """Write special_tokens_map.json and tokenizer_config.json for a tokenizer whose roles are not
-    the default (also what AutoTokenizer reads to know pad, eos and mask)."""
-    roles = {f"{keys[0]}": tokenizer.roles[role] for role, keys in ROLE_KEYS.items() if tokenizer.roles.get(role)}
-    if tokenizer.framing == "cls_sep":
-        roles["cls_token"], roles["sep_token"] = tokenizer.roles.get("bos"), tokenizer.roles.get("eos")
-        roles.pop("bos_token", None), roles.pop("eos_token", None)
-    write_json_atomic(os.path.join(directory, "special_tokens_map.json"), roles)
-    write_json_atomic(os.path.join(directory, "tokenizer_config.json"),
-                      {**roles, "tokenizer_class": "PreTrainedTokenizerFast", "document_framing": tokenizer.framing,
-                       "model_max_length": 1_000_000_000})
+    the default (also what AutoTokenizer reads to know pad, eos and mask). A run directory's
+    tokenizer is not tied to one model's context: its length is left unbounded."""
+    _write_sidecars(directory, _sidecar(tokenizer.roles, tokenizer.framing), tokenizer.framing, 1_000_000_000)
+
+
+def save_for_transformers(tokenizer, directory: str, model_max_length: int) -> None:
+    """The tokenizer files of an export: tokenizer.json, the two sidecars, and vocab.txt for a
+    WordPiece tokenizer (what BERT tools read). model_max_length is the model's context, so
+    truncation=True cuts to what the model can read. bos is declared as the token documents
+    followed in training (Tokenizer.start_id), which is what lm-eval and an empty prompt feed."""
+    vocab = _vocab_txt(tokenizer)  # checked before anything is written
+    tokenizer.save(os.path.join(directory, "tokenizer.json"))
+    roles = {**tokenizer.roles, "bos": tokenizer.backend.id_to_token(tokenizer.start_id)}
+    _write_sidecars(directory, _sidecar(roles, tokenizer.framing), tokenizer.framing, model_max_length)
+    if vocab is not None:
+        atomic_write(os.path.join(directory, "vocab.txt"), lambda f: f.write(vocab), binary=False)
+
+
+def _vocab_txt(tokenizer):
+    """A WordPiece tokenizer's vocab.txt text (every token, added ones included, one a line by
+    id), or None for another kind of tokenizer."""
+    if json.loads(tokenizer.backend.to_str())["model"].get("type") != "WordPiece":
+        return None
+    by_id = {i: t for t, i in tokenizer.backend.get_vocab(with_added_tokens=True).items()}
+    if sorted(by_id) != list(range(len(by_id))) or any("\n" in t or "\r" in t for t in by_id.values()):
+        raise DataError("this WordPiece vocabulary has gaps in its ids or a token with a line break: "
+                        "vocab.txt (one token per line, by id) cannot hold it")
+    return "".join(by_id[i] + "\n" for i in range(len(by_id)))
+
+
+def from_transformers(hf_tokenizer):
+    """Our Tokenizer from a transformers one (AutoTokenizer.from_pretrained): the same `tokenizers`
+    pipeline, so text encodes and decodes as it does there, with its special tokens by role. Like a
+    tokenizer.json without sidecar files, one that names no special token has this project's."""
+    from data.tokenizer import Tokenizer
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise DataError(f"{type(hf_tokenizer).__name__} has no `tokenizers` backend (a slow tokenizer); load it "
+                        "with AutoTokenizer.from_pretrained(..., use_fast=True)")
+    backend = BackendTokenizer.from_str(backend.to_str())  # a copy: padding or truncation set there stays there
+    backend.no_padding()
+    backend.no_truncation()
+    named = {k: _token(v) for k, v in (getattr(hf_tokenizer, "special_tokens_map", None) or {}).items()}
+    roles = {role: next((named[k] for k in keys if named.get(k)), None) for role, keys in ROLE_KEYS.items()}
+    framing = (getattr(hf_tokenizer, "init_kwargs", None) or {}).get("document_framing")
+    if framing is None:
+        framing = "cls_sep" if named.get("cls_token") and not named.get("eos_token") else "eos"
+    return Tokenizer(backend, roles if any(roles.values()) else None, framing)
+
+
+def as_tokenizer(tokenizer):
+    """A tokenizer as this project's code takes it: ours (or one shaped like it: eos_id, encode,
+    decode, decode_bytes) as it is, a transformers tokenizer through from_transformers."""
+    if hasattr(tokenizer, "eos_id"):
+        return tokenizer
+    if hasattr(tokenizer, "backend_tokenizer") or hasattr(tokenizer, "special_tokens_map"):
+        return from_transformers(tokenizer)
+    raise TypeError(f"{type(tokenizer).__name__} is not a tokenizer: pass data.tokenizer.Tokenizer "
+                    "(load_tokenizer) or a transformers tokenizer (AutoTokenizer.from_pretrained)")

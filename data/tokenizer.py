@@ -60,6 +60,16 @@ class Tokenizer:
         """Whether roles and framing are this project's own (then the files need no sidecar)."""
         return self.roles == SPECIAL_TOKENS and self.framing == "eos"
 
+    @property
+    def start_id(self) -> int:
+        """The token a document's text follows in training, so the one to feed before an empty
+        prompt (and to declare as bos on export). Our own tokenizer frames documents by eos alone:
+        the next one starts after an eos, and its <s> never reaches the model. cls_sep documents
+        start with bos ([CLS]); an imported tokenizer's bos is the one its model learnt with."""
+        if self.bos_id is None or (self.framing == "eos" and self.roles == SPECIAL_TOKENS):
+            return self.eos_id
+        return self.bos_id
+
     def frame(self, ids: list) -> list:
         """A document's ids as stored for training."""
         if self.framing == "cls_sep" and self.bos_id is not None:

@@ -1,5 +1,7 @@
 """Token-level generation with the KV cache: batched prompts (left padded), prefill, then one
-token per step until eos or max_new_tokens. A prefix LM's prompt is its bidirectional prefix."""
+token per step until eos or max_new_tokens. A prefix LM's prompt is its bidirectional prefix.
+use_cache=False runs the whole sequence through the model at every step instead (the same tokens,
+more work: for checking the cache, or a model without one)."""
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -19,6 +21,7 @@ class GenerationConfig:
     no_repeat_ngram_size: int = 0
     seed: Optional[int] = None
     stop_on_eos: bool = True
+    use_cache: bool = True  # False: no KV cache, a full forward over the sequence per new token
 
     def __post_init__(self):
         rules = [("max_new_tokens", self.max_new_tokens >= 1, "at least 1"),
@@ -50,6 +53,8 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
         return []
     if min(len(p) for p in prompts) == 0:
         raise ValueError("every prompt needs at least one token (a bos token will do)")
+    if compiled and not config.use_cache:
+        raise ValueError("compiled decoding compiles the cached step: it needs use_cache=True")
     device = next(model.parameters()).device
     step = compiled_step(model) if compiled else model.decode_step
     batch, width, new = len(prompts), max(len(p) for p in prompts), config.max_new_tokens
@@ -66,10 +71,11 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
     if config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
     cache_len = min(-(-total // CACHE_ROUND) * CACHE_ROUND, model.config.max_seq_len)
-    cache = model.new_cache(batch, cache_len)
+    cache = model.new_cache(batch, cache_len) if config.use_cache else None
     prompt_mask = real[:, :width]
     # A prefix LM reads the whole prompt as its bidirectional prefix, then decodes causally.
-    prefix = {"in_prefix": prompt_mask} if model.config.objective == "plm" else {}
+    plm = model.config.objective == "plm"
+    prefix = {"in_prefix": prompt_mask} if plm else {}
     logits = model(history[:, :width], attention_mask=prompt_mask.long() if padded else None, cache=cache,
                    **prefix).logits[:, -1]
     key_mask = torch.zeros((batch, cache_len), dtype=torch.bool, device=device)
@@ -105,11 +111,16 @@ def generate_tokens(model, prompts: List[List[int]], config: GenerationConfig, e
             break
         key_mask[:, width + i] = True
         keys = key_mask[:, :width + i + 1]  # attend only to the keys written so far
-        if compiled:  # one graph for every length: the key count is a symbolic size, not a constant
-            torch._dynamo.mark_dynamic(keys, 1)
-        logits = step(next_tokens, cache, slot, positions, keys)
-        slot += 1
-        positions += 1
+        if cache is None:  # every token so far through the model, with the mask the cached step uses
+            prefix = {"in_prefix": torch.cat([prompt_mask, torch.zeros_like(keys[:, width:])], 1)} if plm else {}
+            logits = model(history[:, :width + i + 1], attention_mask=keys.long() if padded else None,
+                           **prefix).logits[:, -1]
+        else:
+            if compiled:  # one graph for every length: the key count is a symbolic size, not a constant
+                torch._dynamo.mark_dynamic(keys, 1)
+            logits = step(next_tokens, cache, slot, positions, keys)
+            slot += 1
+            positions += 1
     # A row's new tokens are the kept ones: contiguous from the start until it stopped.
     kept = real[:, width:].sum(1).tolist()
     return [row[width:width + n] for row, n in zip(history.tolist(), kept)]

@@ -1,6 +1,7 @@
 """Text in, text out: TextGenerator wraps a model and a tokenizer for generation, streaming, batches,
-chat and fill-mask. The tokenizer is duck-typed (encode, decode, decode_bytes, eos_id, pad_id,
-mask_id), so this module needs nothing outside model/."""
+chat and fill-mask. The tokenizer is this project's (data.tokenizer.Tokenizer, or anything with its
+encode, decode, decode_bytes, eos_id, pad_id, start_id, mask_id) or a transformers tokenizer, which
+data.hf_tokenizer.as_tokenizer turns into ours (the same `tokenizers` pipeline and special tokens)."""
 import codecs
 import sys
 from typing import Callable, List, Optional
@@ -21,7 +22,8 @@ class StreamDecoder:
     character split over several byte-level tokens are held back until it is complete."""
 
     def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
+        from data.hf_tokenizer import as_tokenizer
+        self.tokenizer = as_tokenizer(tokenizer)
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, token: int) -> str:
@@ -34,9 +36,14 @@ class StreamDecoder:
 class TextGenerator:
     def __init__(self, model, tokenizer, compiled: bool = False):
         """compiled: decode through the compiled step (model.generation.compiled_step): faster once
-        built, which takes seconds to a minute per batch size and cache length."""
-        self.model, self.tokenizer, self.compiled = model.eval(), tokenizer, compiled
+        built, which takes seconds to a minute per batch size and cache length.
+        tokenizer: ours, or a transformers one (AutoTokenizer.from_pretrained of an export)."""
+        from data.hf_tokenizer import as_tokenizer
+        self.model, self.tokenizer, self.compiled = model.eval(), as_tokenizer(tokenizer), compiled
         self.max_seq_len = model.config.max_seq_len
+        if self.tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(f"the tokenizer has {self.tokenizer.vocab_size} tokens and the model only "
+                             f"{model.config.vocab_size} embedding rows: not this model's tokenizer")
 
     # ---- helpers -------------------------------------------------------------------------------
     def _budget(self, config: GenerationConfig, warn: bool = True):
@@ -55,7 +62,7 @@ class TextGenerator:
             print(f"warning: prompt of {len(ids)} tokens cut to its last {room} to fit the context of "
                   f"{self.max_seq_len}", file=sys.stderr)
             ids = ids[-room:]
-        return ids or [self.tokenizer.bos_id]
+        return ids or [self.tokenizer.start_id]  # an empty prompt: what a document follows in training
 
     def _require_causal(self):
         if not self.model.config.causal:
@@ -165,14 +172,18 @@ class TextGenerator:
         logits = self.model(torch.tensor([ids], device=device)).logits[0, where].float()
         probs = torch.softmax(logits, dim=-1)
         top = torch.topk(probs, min(top_k, probs.shape[-1]), dim=-1)
+        pad = self.tokenizer.pad_id if getattr(self.tokenizer, "roles", {}).get("pad") else None
         results = []
         for position, ts, ps in zip(where, top.indices.tolist(), top.values.tolist()):
             candidates = []
             for t, p in zip(ts, ps):
                 filled = list(ids)
                 filled[position] = t
+                if pad is not None:  # the pipeline leaves padding out of the sequence
+                    filled = [i for i in filled if i != pad]
                 sequence = self.tokenizer.decode(filled, skip_special_tokens=len(where) == 1)
-                candidates.append({"score": p, "token": t, "token_str": self.tokenizer.decode([t]).strip(),
+                # token_str as the pipeline gives it: the token's own text, its leading space kept
+                candidates.append({"score": p, "token": t, "token_str": self.tokenizer.decode([t]),
                                    "sequence": sequence})
             results.append(candidates)
         return results

@@ -81,6 +81,15 @@ class Transformer(nn.Module):
         if self.output is not None and config.head_init_std is not None:  # an untied head's own init
             nn.init.normal_(self.output.weight, mean=0.0, std=config.head_init_std)
 
+    @classmethod
+    def from_checkpoint(cls, path: str, ema=None, device="cpu") -> "Transformer":
+        """The model of a checkpoint file, in eval mode: its config and weights in one call (a
+        checkpoint is a dict of parts and metadata, not a bare state dict, and is read with
+        weights_only=True). ema: None = the weights the run evaluated, True = EMA, False = raw.
+        The tokenizer comes with checkpoint.load_for_inference, or from an export directory."""
+        from checkpoint import load_for_inference
+        return load_for_inference(path, ema=ema, device=device)[0]
+
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.init_std)

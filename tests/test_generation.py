@@ -67,6 +67,23 @@ def test_compiled_step_gives_the_eager_tokens_on_a_left_padded_batch(tok):
     assert eager != generate_tokens(model, prompts, GREEDY, eos_id=tok.eos_id)
 
 
+@pytest.mark.parametrize("objective", ["clm", "plm"])
+def test_use_cache_false_decodes_without_the_cache_to_the_same_tokens(tok, objective):
+    model = tiny_model(objective, seed=4)
+    prompts = [tok.encode("The king"), tok.encode("Now is the winter of our"), tok.encode("今天")]  # left padded
+    sampled = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=12, seed=5,
+                               stop_on_eos=False, repetition_penalty=1.3)
+    for cfg in (GREEDY, sampled):
+        cached = generate_tokens(model, prompts, cfg, eos_id=tok.eos_id)
+        model.new_cache = None  # the uncached path must not build one
+        uncached = generate_tokens(model, prompts, GenerationConfig(**{**cfg.__dict__, "use_cache": False}),
+                                   eos_id=tok.eos_id)
+        del model.new_cache
+        assert uncached == cached and all(len(t) == 12 for t in cached)
+    with pytest.raises(ValueError, match="needs use_cache=True"):
+        generate_tokens(model, prompts, GenerationConfig(use_cache=False), eos_id=tok.eos_id, compiled=True)
+
+
 def test_same_seed_same_output_and_top_k_one_is_greedy(tok):
     gen = TextGenerator(tiny_model(), tok)
     sampled = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=16, seed=3,
@@ -158,7 +175,7 @@ def test_fill_mask_candidates_sorted_with_probabilities(tok):
         assert len(candidates) == 4 and probs == sorted(probs, reverse=True)
         assert all(0 < p <= 1 for p in probs)
         for c in candidates:  # the pipeline's fields: the filled sequence holds the candidate, the other mask stays
-            assert c["token_str"] == tok.decode([c["token"]]).strip()
+            assert c["token_str"] == tok.decode([c["token"]])  # as the pipeline gives it: spaces kept
             assert c["sequence"].count("<mask>") == 1
     single = gen.fill_mask("The <mask> of Denmark.", top_k=2)[0][0]
     assert single["sequence"] == tok.decode(tok.encode("The ") + [single["token"]] + tok.encode(" of Denmark."))
@@ -166,3 +183,50 @@ def test_fill_mask_candidates_sorted_with_probabilities(tok):
         gen.fill_mask("nothing to fill")
     with pytest.raises(ValueError, match="masked LM"):
         gen.generate("To be")
+
+
+def test_reference_004_python_snippet_runs_as_adapted(tmp_path):
+    """Reference 004's Python API lines, with the three changes the README names: the model from
+    Transformer.from_checkpoint, the tokenizer from AutoTokenizer on an export (or a run directory),
+    and GenerationConfig's use_cache (honoured)."""
+    transformers = pytest.importorskip("transformers")
+    import checkpoint
+    from convert import to_hf
+    from tests.gen_fixtures import save_checkpoint
+    tok = tiny_tokenizer(str(tmp_path))
+    path = save_checkpoint(str(tmp_path / "run"), tiny_model(seed=6), tok)
+    export = to_hf(path, str(tmp_path / "hf"), say=lambda *_: None)
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # the reference's line: a checkpoint is not a state dict
+        tiny_model(seed=0).load_state_dict(torch.load(path, weights_only=True))
+
+    # ---- the reference's lines, adapted ----
+    from transformers import AutoTokenizer
+    from model import Transformer
+    from model.text_generator import TextGenerator
+    from model.generation import GenerationConfig
+
+    model = Transformer.from_checkpoint(path)
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    generator = TextGenerator(model, tokenizer)
+    gen_config = GenerationConfig(do_sample=True, temperature=0.8, top_k=50, top_p=0.9, max_new_tokens=20,
+                                  repetition_penalty=1.2, use_cache=True, seed=3)
+    result = generator.generate("中国", gen_config)
+    pieces = []
+    streamed = generator.generate("长江、", gen_config, stream=True, callback=pieces.append)
+    results = generator.batch_generate(["中国", "长江、", "你好"], gen_config)
+    history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！有什么可以帮助你的吗？"},
+               {"role": "user", "content": "介绍一下中国"}]
+    response = generator.chat(history, gen_config)
+    # ---- end ----
+
+    assert all(torch.equal(v, tiny_model(seed=6).state_dict()[k]) for k, v in model.state_dict().items())
+    ours = TextGenerator(model, checkpoint.tokenizer_of(checkpoint.load_checkpoint(path)))
+    assert result == ours.generate("中国", gen_config) and result
+    assert "".join(pieces) == streamed == ours.generate("长江、", gen_config)
+    assert results == ours.batch_generate(["中国", "长江、", "你好"], gen_config)
+    assert isinstance(response, str)
+    no_cache = GenerationConfig(**{**gen_config.__dict__, "use_cache": False})
+    assert generator.generate("中国", no_cache) == result
+    # A run directory's tokenizer.json (no sidecar files: this project's own roles) serves as well.
+    from_run_dir = TextGenerator(model, AutoTokenizer.from_pretrained(str(tmp_path / "run")))
+    assert from_run_dir.generate("中国", gen_config) == result

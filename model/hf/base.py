@@ -42,6 +42,12 @@ class Family(abc.ABC):
     def hf_class_name(self, cfg: LMConfig) -> str:
         return self.hf_class
 
+    def tied_names(self, cfg: LMConfig) -> tuple:
+        """Names in state_to_hf's output that the transformers class ties to another of its weights
+        (its _tied_weights_keys): save_pretrained stores the tensor once, under the other name, and
+        loading ties them again, so an export leaves these out of model.safetensors."""
+        return ()
+
     # Subclasses -----------------------------------------------------------------------------------
     @abc.abstractmethod
     def config_from_hf(self, hf_config: dict) -> dict:

@@ -82,6 +82,10 @@ class BertFamily(Family):
                     hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
                     pad_token_id=cfg.pad_token_id)
 
+    def tied_names(self, cfg: LMConfig) -> tuple:
+        # The decoder is the word embedding matrix, and its bias is cls.predictions.bias.
+        return ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+
     def state_from_hf(self, hf_state: dict, cfg: LMConfig) -> dict:
         self.check(cfg)
         w = Weights({_renamed(k): v for k, v in hf_state.items()}, self, prefixes=("bert.",))

@@ -51,6 +51,9 @@ class GPT2Family(Family):
                     resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                     scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
 
+    def tied_names(self, cfg: LMConfig) -> tuple:
+        return ("lm_head.weight",) if cfg.tie_embeddings else ()
+
     def state_from_hf(self, hf_state: dict, cfg: LMConfig) -> dict:
         self.check(cfg)
         w = Weights(hf_state, self, prefixes=("transformer.",))

@@ -64,6 +64,9 @@ class LlamaFamily(Family):
         return dict(attention_bias=False, mlp_bias=False)
 
     # ---- weights ------------------------------------------------------------------------------
+    def tied_names(self, cfg: LMConfig) -> tuple:
+        return ("lm_head.weight",) if cfg.tie_embeddings else ()
+
     def state_from_hf(self, hf_state: dict, cfg: LMConfig) -> dict:
         self.check(cfg)
         w = Weights(hf_state, self, prefixes=("model.",))
