@@ -21,6 +21,8 @@ from tqdm import tqdm
 from data.errors import DataError
 from data.fault_points import fault_point
 from data.jsonl import REJECT_REASONS, expand_inputs
+from data.stats_plot import png_path as stats_png
+from data.stats_plot import write_png as write_stats_png
 from data.sources import TEXT_UNITS, input_size, input_stamp, iter_records
 from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
 from data.tokenizer import load_tokenizer
@@ -197,6 +199,8 @@ class DataProcessor:
                 self.stats = json.load(f)["statistics"]
             if os.path.exists(paths["progress"]):  # killed after the last sidecar, before this cleanup
                 os.remove(paths["progress"])
+            if not os.path.exists(stats_png(paths["stats"])):  # built before the picture, or killed before it
+                write_stats_png(paths["stats"])
             return paths
         state = self._load_progress(paths, signature) if resume else None
         if state is None:
@@ -217,6 +221,7 @@ class DataProcessor:
                        "megabytes_per_second": round(text_bytes / 1e6 / elapsed, 2),
                        "resumed_from": [state.get("resumed_file", 0), state.get("resumed_at", 0)]}
         self.save_statistics(paths["run_log"])
+        write_stats_png(paths["stats"])  # the statistics drawn beside their .json (outside the timing)
         return paths
 
     def _load_progress(self, paths, signature):
@@ -237,7 +242,7 @@ class DataProcessor:
                       paths[split] + ".partial", idx_path(paths[split]) + ".partial"):
                 if os.path.exists(p):
                     os.remove(p)
-        for p in (paths["stats"], paths["run_log"], paths["progress"]):
+        for p in (paths["stats"], stats_png(paths["stats"]), paths["run_log"], paths["progress"]):
             if os.path.exists(p):
                 os.remove(p)
 

@@ -17,6 +17,11 @@ def _set(model, value):
             p.fill_(value)
 
 
+def _decays(decay, n):
+    """The decays of the first n updates: warmed up as (1 + t) / (10 + t), capped at decay."""
+    return [min(decay, (1 + t) / (10 + t)) for t in range(n)]
+
+
 def test_constant_target_matches_closed_form():
     model = _linear()
     w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
@@ -24,9 +29,10 @@ def test_constant_target_matches_closed_form():
     _set(model, 2.0)
     for _ in range(7):
         ema.update(model)
-    # s_k = d^k s_0 + (1 - d^k) * target
-    assert torch.allclose(ema.shadow["weight"], 0.9 ** 7 * w0 + (1 - 0.9 ** 7) * 2.0, atol=1e-6)
-    assert torch.allclose(ema.shadow["bias"], 0.9 ** 7 * b0 + (1 - 0.9 ** 7) * 2.0, atol=1e-6)
+    # s_k = (prod d_t) s_0 + (1 - prod d_t) * target
+    kept = torch.tensor(_decays(0.9, 7), dtype=torch.float64).prod().item()
+    assert torch.allclose(ema.shadow["weight"], kept * w0 + (1 - kept) * 2.0, atol=1e-6)
+    assert torch.allclose(ema.shadow["bias"], kept * b0 + (1 - kept) * 2.0, atol=1e-6)
     assert ema.extra_state() == {"decay": 0.9, "num_updates": 7}
 
 
@@ -34,21 +40,35 @@ def test_changing_weights_match_the_recurrence():
     model = _linear()
     ema = EMA(model, decay=0.5)
     expected = model.weight.detach().double().clone()
-    for value in (1.0, -3.0, 0.25):
+    values = (1.0, -3.0, 0.25, 4.0, -1.0, 2.0, 0.5, 3.0, -2.0, 1.5)  # past the warm-up: d reaches 0.5 at t = 8
+    for value, d in zip(values, _decays(0.5, len(values))):
         _set(model, value)
         ema.update(model)
-        expected = 0.5 * expected + 0.5 * value
+        expected = d * expected + (1 - d) * value
     assert torch.allclose(ema.shadow["weight"].double(), expected, rtol=0, atol=1e-6)
+    assert ema.decay_at(8) == 0.5 and ema.decay_at(0) == pytest.approx(0.1)
+
+
+def test_warm_up_keeps_a_short_run_close_to_its_weights():
+    """With decay 0.999 and no warm-up, 50 updates toward a target leave 95% of the initial
+    weights in the average; warmed up, the average is within a few percent of the target."""
+    model = _linear()
+    w0 = model.weight.detach().clone()
+    ema = EMA(model, decay=0.999)
+    _set(model, 2.0)
+    for _ in range(50):
+        ema.update(model)
+    left = (ema.shadow["weight"] - 2.0).abs() / (w0 - 2.0).abs()  # the share of the start still in it
+    assert left.max() < 0.2, left
+    assert ema.decay_at(10_000) == 0.999  # the configured decay rules once the warm-up passes it
 
 
 def test_decay_edges_and_validation():
     model = _linear()
-    w0 = model.weight.detach().clone()
-    frozen, follow = EMA(model, decay=1.0), EMA(model, decay=0.0)
+    follow = EMA(model, decay=0.0)
     _set(model, 5.0)
-    frozen.update(model), follow.update(model)
-    assert torch.equal(frozen.shadow["weight"], w0)
-    assert torch.equal(follow.shadow["weight"], torch.full_like(w0, 5.0))
+    follow.update(model)
+    assert torch.equal(follow.shadow["weight"], torch.full_like(model.weight, 5.0))
     with pytest.raises(ValueError, match=r"EMA decay must be in \[0, 1\], got 1.5"):
         EMA(model, decay=1.5)
 
@@ -61,7 +81,7 @@ def test_shadow_is_fp32_detached_and_skips_integer_buffers():
     with torch.no_grad():
         model[1].running_var.fill_(3.0)  # float buffers are averaged too
     ema.update(model)
-    assert torch.allclose(ema.shadow["1.running_var"], torch.full((4,), 0.75 + 0.25 * 3.0), rtol=0, atol=1e-6)
+    assert torch.allclose(ema.shadow["1.running_var"], torch.full((4,), 0.1 + 0.9 * 3.0), rtol=0, atol=1e-6)  # first decay: 0.1
     ema.copy_to(model)
     assert model[0].weight.dtype == torch.bfloat16  # copy_to keeps the model's dtype
 
@@ -107,6 +127,27 @@ def test_state_round_trip_through_weights_only_load(tmp_path):
     assert torch.equal(other.shadow["weight"], ema.shadow["weight"])
 
 
+def test_resume_continues_the_warm_up_exactly(tmp_path):
+    """The update count is a checkpoint part of its own: restored, the next decays are the ones
+    an uninterrupted run uses; without it the warm-up would start over."""
+    model = _linear()
+    ema = EMA(model, decay=0.99)
+    for value in (1.0, 2.0, 3.0):
+        _set(model, value)
+        ema.update(model)
+    torch.save({"ema": ema.state_dict(), "ema_updates": ema.counter.state_dict()}, tmp_path / "c.pth")
+    saved = torch.load(tmp_path / "c.pth", weights_only=True)
+    resumed, restarted = EMA(_linear(seed=1), decay=0.99), EMA(_linear(seed=1), decay=0.99)
+    resumed.load_state_dict(saved["ema"]), restarted.load_state_dict(saved["ema"])
+    resumed.counter.load_state_dict(saved["ema_updates"])
+    assert resumed.num_updates == 3
+    _set(model, -1.0)
+    for e in (ema, resumed, restarted):
+        e.update(model)
+    assert torch.equal(resumed.shadow["weight"], ema.shadow["weight"])
+    assert not torch.allclose(restarted.shadow["weight"], ema.shadow["weight"])
+
+
 def test_load_rejects_another_model_in_one_line():
     ema = EMA(_linear())
     with pytest.raises(ValueError, match=r"missing \['bias'\], unexpected \['extra'\]"):
@@ -128,8 +169,8 @@ def test_tied_weights_share_one_shadow():
     assert set(ema.shadow) == {"a.weight", "b.weight"} and ema.shadow["a.weight"] is ema.shadow["b.weight"]
     w0 = model.a.weight.detach().clone()
     _set(model, 4.0)
-    ema.update(model)  # averaged once, not twice
-    assert torch.allclose(ema.state_dict()["b.weight"], 0.5 * w0 + 2.0, rtol=0, atol=1e-6)
+    ema.update(model)  # averaged once, not twice (twice would leave 0.01 of w0)
+    assert torch.allclose(ema.state_dict()["b.weight"], 0.1 * w0 + 0.9 * 4.0, rtol=0, atol=1e-6)
 
 
 def test_compiled_model_is_unwrapped():
@@ -157,7 +198,7 @@ def test_ddp_model_is_unwrapped():
         w0 = model.weight.detach().clone()
         _set(model, 2.0)
         ema.update(ddp)
-        assert torch.allclose(ema.shadow["weight"], 0.5 * w0 + 1.0, rtol=0, atol=1e-6)
+        assert torch.allclose(ema.shadow["weight"], 0.1 * w0 + 0.9 * 2.0, rtol=0, atol=1e-6)
         ema.copy_to(ddp)
         assert torch.equal(model.weight, ema.shadow["weight"])
     finally:

@@ -87,8 +87,8 @@ def _fake_tensorboard(calls):
     module = types.ModuleType("torch.utils.tensorboard")
 
     class SummaryWriter:
-        def __init__(self, log_dir):
-            calls.append(("dir", log_dir))
+        def __init__(self, log_dir, **kwargs):
+            calls.append(("dir", log_dir, *kwargs.items()))
 
         def add_scalar(self, tag, value, step):
             calls.append((tag, value, step))
@@ -119,6 +119,56 @@ def test_scalars_reach_tensorboard_and_offline_wandb(tmp_path, monkeypatch):
                      ("train/lr", 0.1, 3), ("eval/val_loss", 2.5, 3), ("closed",)]
 
 
+def test_a_resume_purges_replayed_steps_and_continues_the_wandb_run(tmp_path, monkeypatch):
+    """start_step is where the run continues: TensorBoard purges what an earlier writer logged after
+    it, and wandb gets the id the run directory keeps (a fresh start, step 0, draws a new one)."""
+    calls = []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", _fake_tensorboard(calls))
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    inits = []
+    for start in (0, 5, 0):
+        wandb = _FakeWandb()
+        monkeypatch.setitem(sys.modules, "wandb", wandb)
+        MetricsLogger(str(tmp_path), tensorboard=True, wandb=True, start_step=start).close()
+        inits.append(wandb.init_kwargs)
+    tb_dir = os.path.join(str(tmp_path), "tensorboard")
+    assert [c for c in calls if c[0] == "dir"] == [("dir", tb_dir, ("purge_step", 1)), ("dir", tb_dir, ("purge_step", 6)),
+                                                   ("dir", tb_dir, ("purge_step", 1))]
+    first, resumed, fresh = inits
+    assert first["id"].isalnum() and len(first["id"]) == 8
+    assert resumed["id"] == first["id"] and resumed["resume"] == "allow"
+    assert fresh["id"] != first["id"] and (tmp_path / "wandb_run_id").read_text().strip() == fresh["id"]
+
+
+def test_tensorboard_reader_sees_each_step_once_after_a_resume(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    with MetricsLogger(str(tmp_path), tensorboard=True, start_step=0) as log:
+        for step in range(1, 11):  # killed after step 10; the last checkpoint was at step 6
+            log.log({"split": "train", "step": step, "loss": float(step)})
+    with MetricsLogger(str(tmp_path), tensorboard=True, start_step=6) as log:
+        for step in range(7, 13):
+            log.log({"split": "train", "step": step, "loss": 100.0 + step})
+    reader = EventAccumulator(str(tmp_path / "tensorboard"))
+    reader.Reload()
+    events = [(e.step, e.value) for e in reader.Scalars("train/loss")]
+    assert events == [(s, float(s)) for s in range(1, 7)] + [(s, 100.0 + s) for s in range(7, 13)]
+
+
+def test_wandb_offline_resume_keeps_one_run(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    for start, steps in ((0, range(1, 5)), (2, range(3, 7))):
+        with MetricsLogger(str(tmp_path), wandb=True, start_step=start) as log:
+            assert log.wandb is not None
+            for step in steps:
+                log.log({"split": "train", "step": step, "loss": float(step)})
+    run_id = (tmp_path / "wandb_run_id").read_text().strip()
+    runs = sorted(p.name for p in (tmp_path / "wandb").iterdir() if p.name.startswith("offline-run-"))
+    assert len(runs) == 2 and all(name.endswith("-" + run_id) for name in runs)  # one run id, synced as one
+
+
 def test_wandb_mode_from_the_environment_wins(tmp_path, monkeypatch):
     wandb = _FakeWandb()
     monkeypatch.setitem(sys.modules, "wandb", wandb)
@@ -141,7 +191,8 @@ def _synthetic_run(run_dir, n=30):
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "metrics.jsonl"), "w") as f:
         for s in range(1, n + 1):
-            f.write(json.dumps({"split": "train", "step": s, "loss": 5 - s / 10, "lr": 1e-3 * min(1, s / 5)}) + "\n")
+            f.write(json.dumps({"split": "train", "step": s, "loss": 5 - s / 10, "lr": 1e-3 * min(1, s / 5),
+                                "grad_norm": 2.0 / s}) + "\n")
             if s % 10 == 0:
                 f.write(json.dumps({"split": "eval", "step": s, "val_loss": 5.2 - s / 10, "val_bpb": 2.0}) + "\n")
         f.write('{"split": "train", "step": 31, "lo')  # a line cut short by a kill
@@ -158,7 +209,22 @@ def test_plot_writes_a_png(tmp_path):
         data = f.read()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (800, 600)  # 8 x 6 inches at 100 dpi
+    assert (width, height) == (800, 750)  # 8 x 7.5 inches at 100 dpi
+
+
+def test_plot_draws_the_gradient_norm(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    from training.plot import draw_run
+    run = str(tmp_path / "run")
+    _synthetic_run(run)
+    fig = Figure()
+    draw_run(fig, read_metrics(run))
+    panels = {ax.get_ylabel(): ax for ax in fig.axes}
+    assert set(panels) == {"loss (nats/token)", "learning rate", "gradient norm"}
+    (line,) = panels["gradient norm"].get_lines()
+    assert list(line.get_xdata()) == list(range(1, 31)) and line.get_ydata()[3] == pytest.approx(0.5)
 
 
 def test_plot_without_matplotlib_returns_none(tmp_path, monkeypatch, capsys):

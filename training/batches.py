@@ -101,12 +101,15 @@ def step_positions(order: SampleOrder, samples_seen: int, micro_batch: int, accu
 
 @torch.no_grad()
 def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token: float,
-             info, device, autocast) -> dict:
+             info, device, autocast, max_samples=None) -> dict:
     """Loss, perplexity and bits per byte (masked: accuracy too) over a fixed slice of the
-    validation windows, sharded over ranks; sums are reduced, never whole logits kept."""
+    validation windows, sharded over ranks; sums are reduced, never whole logits kept.
+    max_samples (all ranks together; 0 = all), when given, sets the slice instead of max_batches,
+    so the windows scored do not depend on the batch size."""
     was_training = model.training
     model.eval()
-    n = len(windows) if max_batches <= 0 else min(len(windows), max_batches * batch_size * info.world_size)
+    limit = max_samples if max_samples is not None else max(0, max_batches) * batch_size * info.world_size
+    n = len(windows) if limit <= 0 else min(len(windows), limit)
     mine = list(range(info.rank, n, info.world_size))
     loss_sum = targets = correct = 0.0
     nsp_loss = nsp_correct = pairs = 0.0  # next-sentence prediction, on sentence-pair windows

@@ -75,7 +75,8 @@ class TrainConfig:
     use_ema: bool = False
     ema_decay: float = 0.999
     eval_interval: int = 200
-    eval_batches: int = 20                # 0 = the whole validation set
+    eval_samples: int = 640               # validation windows per evaluation, all ranks together; 0 = all
+    eval_batches: Optional[int] = None    # older spelling, in batches: eval_samples = eval_batches x batch_size
     early_stopping: bool = False
     patience: int = 5
     min_delta: float = 0.0
@@ -270,6 +271,7 @@ def build_config(argv, default_config: Optional[str] = None) -> RunConfig:
         _apply(cfg, section, key, value)
     cfg.cli_keys = {(s, k) for s, k, _ in overrides}
     _resolve_run_length(cfg, from_yaml, cfg.cli_keys, config_path)
+    _resolve_eval_size(cfg, from_yaml, cfg.cli_keys)
     validate(cfg)
     return cfg
 
@@ -285,6 +287,37 @@ def _resolve_run_length(cfg, from_yaml: set, from_cli: set, config_path) -> None
     elif t.max_steps > 0 and (epochs in from_cli or epochs in from_yaml):
         cfg.notes.append(f"max_steps {t.max_steps} rules: epochs {t.epochs} is ignored (pass --max_steps 0 to "
                          "train by epochs)")
+
+
+def _resolve_eval_size(cfg, from_yaml: set, from_cli: set) -> None:
+    """Validation is counted in samples, so a resume with another batch size scores the same
+    windows. eval_batches (the older key) converts with this run's batch size when it is given on
+    a higher level than eval_samples (the command line over the YAML over the default); otherwise
+    eval_samples rules. A resumed run that keeps the same eval_batches keeps its first run's
+    samples (eval_samples_on_resume)."""
+    t, samples, batches = cfg.train, ("train", "eval_samples"), ("train", "eval_batches")
+    if t.eval_batches is None:
+        return
+
+    def level(key):
+        return 2 if key in from_cli else 1 if key in from_yaml else 0
+    if level(samples) >= level(batches):
+        if t.eval_samples != t.eval_batches * t.batch_size:
+            cfg.notes.append(f"eval_samples {t.eval_samples} rules over eval_batches {t.eval_batches}")
+        t.eval_batches = None
+        return
+    if not isinstance(t.eval_batches, int) or isinstance(t.eval_batches, bool) or t.eval_batches < 0:
+        raise ConfigError(f"train.eval_batches must be an integer >= 0 (0 = all), got {t.eval_batches!r}")
+    t.eval_samples = t.eval_batches * t.batch_size
+
+
+def eval_samples_on_resume(t, saved_train: dict):
+    """The eval_samples a resumed run keeps: its first run's, when this run sets eval_batches (a
+    count that moves with the batch size) to the same number the first run did. None: keep t's."""
+    saved = saved_train.get("eval_samples")
+    if t.eval_batches is None or saved_train.get("eval_batches") != t.eval_batches or saved is None:
+        return None
+    return None if saved == t.eval_samples else int(saved)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -324,6 +357,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"train.warmup must be >= 0, got {t.warmup}")
     if t.max_steps and t.warmup >= 1 and t.warmup >= t.max_steps:
         raise ConfigError(f"train.warmup ({t.warmup:g} steps) must be shorter than the run (max_steps {t.max_steps})")
+    if not isinstance(t.eval_samples, int) or isinstance(t.eval_samples, bool) or t.eval_samples < 0:
+        raise ConfigError(f"train.eval_samples must be an integer >= 0 (0 = the whole validation set), "
+                          f"got {t.eval_samples!r}")
     if not 0 < t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
     if t.ddp and t.fsdp:

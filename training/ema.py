@@ -1,10 +1,15 @@
 """Exponential moving average of the weights, kept in fp32 beside the model (under FSDP each rank
 keeps the averages of its own shards: the shadows are DTensors sharded as the weights are).
 
+Warm-up: the decay used for the t-th update (t counted from 0) is min(decay, (1 + t) / (10 + t)),
+so the first updates move the average most of the way to the weights (0.1, 0.18, 0.25, ...) and
+the configured decay rules only once (1 + t) / (10 + t) passes it (t ~ 9,000 for 0.999). Without
+it a short run's average is still mostly the random initial weights.
+
 State: `state_dict()` holds only name -> fp32 tensor, under the model's own state-dict names, so a
 checkpoint's "ema" entry loads with torch.load(weights_only=True) and drops straight into
-`model.load_state_dict`. The decay and the update count live apart in `extra_state()` (plain
-float and int) for whoever wants to record them."""
+`model.load_state_dict`. The update count, which the warm-up depends on, is a part of its own
+(`counter`, saved beside it) so a resumed run continues the same decays."""
 import contextlib
 
 import torch
@@ -30,7 +35,7 @@ def _floating(model) -> dict:
 
 
 class EMA:
-    """shadow <- decay * shadow + (1 - decay) * weight after every optimizer step."""
+    """shadow <- d * shadow + (1 - d) * weight after every optimizer step, d = decay_at(num_updates)."""
 
     def __init__(self, model, decay: float = 0.999):
         if not 0.0 <= decay <= 1.0:
@@ -49,6 +54,11 @@ class EMA:
                 first[key] = name
                 self.shadow[name] = t.detach().to(dtype=torch.float32, copy=True)
         self._unique = list(first.values())
+        self.counter = _Counter(self)
+
+    def decay_at(self, t: int) -> float:
+        """The decay of update number t (from 0): warmed up, never above the configured decay."""
+        return min(self.decay, (1.0 + t) / (10.0 + t))
 
     @torch.no_grad()
     def update(self, model, gate=None) -> None:
@@ -57,11 +67,12 @@ class EMA:
         live = _floating(model)
         shadow = [self.shadow[k] for k in self._unique]
         current = [live[k].float() for k in self._unique]  # a no-op for fp32 weights
-        # lerp(s, w, 1 - decay) = decay * s + (1 - decay) * w, one fused pass over every tensor
+        weight = 1.0 - self.decay_at(self.num_updates)
+        # lerp(s, w, 1 - d) = d * s + (1 - d) * w, one fused pass over every tensor
         if gate is None:
-            torch._foreach_lerp_(shadow, current, 1.0 - self.decay)
-        else:
-            torch._foreach_lerp_(shadow, current, [gate.float() * (1.0 - self.decay)] * len(shadow))
+            torch._foreach_lerp_(shadow, current, weight)
+        else:  # the count (host side) moves on a skipped step too: the warm-up follows the steps
+            torch._foreach_lerp_(shadow, current, [gate.float() * weight] * len(shadow))
         self.num_updates += 1
 
     def state_dict(self) -> dict:
@@ -106,3 +117,17 @@ class EMA:
             with torch.no_grad():
                 for k, v in saved.items():
                     live[k].copy_(v)
+
+
+class _Counter:
+    """The EMA's update count as a checkpoint part. The decay is not restored: a resumed run may
+    change --ema_decay, and the count alone places it on the warm-up."""
+
+    def __init__(self, ema: EMA):
+        self.ema = ema
+
+    def state_dict(self) -> dict:
+        return {"num_updates": self.ema.num_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema.num_updates = int(state["num_updates"])

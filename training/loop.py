@@ -2,7 +2,6 @@
 
 The run's state is a set of parts (training.run_state.StateParts): a checkpoint saves each part's
 state_dict and a resume loads each back, through the one checkpoint module."""
-import contextlib
 import math
 import os
 import time
@@ -19,6 +18,7 @@ from data.word_starts import WordStarts
 from model import LMConfig, Transformer
 from model.config import ConfigError
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
+from training.config import eval_samples_on_resume
 from training.distributed import all_reduce_, any_rank, barrier
 from training.ema import EMA
 from training.freeze import Freezer
@@ -106,6 +106,7 @@ class Trainer:
                                 nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress))
         if self.ema is not None:
             self.parts["ema"] = self.ema
+            self.parts["ema_updates"] = self.ema.counter  # the warm-up's place: a resume continues it
 
         resume_path = find_resume_path(t, self.run_dir, info.is_main)
         if resume_path:
@@ -119,7 +120,8 @@ class Trainer:
             prepare_run_dir(self.run_dir, cfg, self.tokenizer, resume_path, self.step, self.say)
         self.logger = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=t.tensorboard,
                                     wandb=t.use_wandb, wandb_project=t.wandb_project,
-                                    wandb_run_name=t.wandb_run_name, config=cfg.to_dict())
+                                    wandb_run_name=t.wandb_run_name, config=cfg.to_dict(),
+                                    start_step=self.step)
 
     @property
     def step(self) -> int:
@@ -245,7 +247,15 @@ class Trainer:
         rest = StateParts((k, v) for k, v in self.parts.items() if k != "model")
         if self.ema is not None and state.get("ema") is None:
             self.say(f"note: {path} has no EMA weights; EMA starts from the current weights")
-            rest.pop("ema")
+            rest.pop("ema"), rest.pop("ema_updates")
+        elif self.ema is not None and state.get("ema_updates") is None:  # written before the warm-up
+            rest.pop("ema_updates")
+            self.ema.num_updates = int(state["progress"]["step"])
+        kept = eval_samples_on_resume(self.cfg.train, state.get("config", {}).get("train", {}))
+        if kept is not None:
+            self.say(f"note: eval_batches {self.cfg.train.eval_batches} is kept as the first run's "
+                     f"{kept} validation samples (not {self.cfg.train.eval_samples} at this batch size)")
+            self.cfg.train.eval_samples = kept
         saved_schedule = dict(state["scheduler"].get("schedule", {}))
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)
@@ -359,12 +369,22 @@ class Trainer:
                 self.ema.update(self.raw_model)
 
     # ---- the run --------------------------------------------------------------------------
-    def run_evaluation(self) -> dict:
+    def _score(self) -> dict:
         t = self.cfg.train
-        swap = self.ema.swap_into(self.raw_model) if self.ema else contextlib.nullcontext()
-        with swap:
-            metrics = evaluate(self.raw_model, self.val_windows, t.batch_size, t.eval_batches,
-                               self.bytes_per_token, self.info, self.device, self.autocast())
+        return evaluate(self.raw_model, self.val_windows, t.batch_size, 0, self.bytes_per_token, self.info,
+                        self.device, self.autocast(), max_samples=t.eval_samples)
+
+    def run_evaluation(self) -> dict:
+        if self.ema is None:
+            metrics = self._score()
+        else:
+            with self.ema.swap_into(self.raw_model):
+                metrics = self._score()
+            # The trained weights on the same windows (one more pass of the small validation
+            # slice): an average that lags the training shows as a worse EMA score.
+            raw = self._score()
+            if "val_loss" in raw:
+                metrics["raw_val_loss"] = raw["val_loss"]
         if self.early.observe(metrics["val_loss"], self.step):
             self.save_best()
             self.say(f"step {self.step}: new best validation loss {metrics['val_loss']:.4f}, saved best.pth")
@@ -398,7 +418,11 @@ class Trainer:
     def _evaluate_and_log(self) -> dict:
         metrics = self.run_evaluation()
         self.logger.log({"split": "eval", "step": self.step, **metrics})
-        self.say(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float)))
+        line = f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        if metrics.get("raw_val_loss", math.inf) < metrics.get("val_loss", -math.inf):
+            line += (" -- the EMA weights score worse than the raw weights (the average still lags the "
+                     "training); evaluation, best.pth and early stopping use the EMA")
+        self.say(line)
         return metrics
 
     def train(self) -> dict:

@@ -6,9 +6,15 @@ run goes on with metrics.jsonl alone.
 
 metrics.jsonl: one JSON object per line, exactly the keys given. Tensors and numpy scalars are
 written as plain numbers; a non-finite float is written as NaN / Infinity, which Python's json
-(and so training.plot) reads back."""
+(and so training.plot) reads back.
+
+A resumed run (start_step: the checkpoint's step; 0 for a fresh start) logs each step once:
+TensorBoard purges the events after start_step that the earlier run wrote (they are replayed),
+and wandb continues the same run, whose id is kept in the run directory (wandb_run_id). wandb
+drops a replayed step it already holds; a resume is exact, so the values it keeps are the same."""
 import json
 import os
+import secrets
 import sys
 
 import torch
@@ -33,9 +39,12 @@ def _plain(value):
     return value
 
 
+WANDB_ID_FILE = "wandb_run_id"
+
+
 class MetricsLogger:
     def __init__(self, run_dir, enabled=True, tensorboard=False, wandb=False, wandb_project=None,
-                 wandb_run_name=None, config=None):
+                 wandb_run_name=None, config=None, start_step=None):
         self.enabled, self.file, self.tb, self.wandb = enabled, None, None, None
         if not enabled:
             return
@@ -43,21 +52,39 @@ class MetricsLogger:
         # Append: a resumed run continues the same file (the loop trims records past the checkpoint).
         self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
         if tensorboard:
-            self.tb = self._start_tensorboard(run_dir)
+            self.tb = self._start_tensorboard(run_dir, start_step)
         if wandb:
-            self.wandb = self._start_wandb(run_dir, wandb_project, wandb_run_name, config)
+            self.wandb = self._start_wandb(run_dir, wandb_project, wandb_run_name, config, start_step)
 
     @staticmethod
-    def _start_tensorboard(run_dir):
+    def _start_tensorboard(run_dir, start_step):
+        # purge_step: TensorBoard's reader drops the events of steps >= it written before this
+        # writer (an earlier run's, or the steps a resume replays).
+        purge = {} if start_step is None else {"purge_step": start_step + 1}
         try:
             from torch.utils.tensorboard import SummaryWriter  # needs the tensorboard package
-            return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+            return SummaryWriter(os.path.join(run_dir, "tensorboard"), **purge)
         except Exception as e:
             _warn(f"TensorBoard logging is off ({_brief(e)}); pip install tensorboard")
             return None
 
     @staticmethod
-    def _start_wandb(run_dir, project, name, config):
+    def _wandb_run_id(run_dir, start_step) -> dict:
+        """id (and resume) for wandb.init: a resumed run reuses the id its run directory holds; a
+        fresh start (or a run directory without one) draws a new id and keeps it there."""
+        path = os.path.join(run_dir, WANDB_ID_FILE)
+        if start_step and os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                run_id = f.read().strip()
+            if run_id.isalnum():
+                return {"id": run_id, "resume": "allow"}
+        run_id = secrets.token_hex(4)  # lowercase letters and digits, as wandb ids are
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(run_id + "\n")
+        return {"id": run_id, "resume": "allow"}
+
+    @classmethod
+    def _start_wandb(cls, run_dir, project, name, config, start_step):
         try:
             import wandb
         except Exception:  # not installed, or an install that fails on import
@@ -71,6 +98,8 @@ class MetricsLogger:
         except Exception:
             pass  # an older wandb without this setting
         try:
+            if start_step is not None:
+                kwargs.update(cls._wandb_run_id(run_dir, start_step))
             return wandb.init(project=project or "pretrain", name=name, config=config, dir=run_dir, **kwargs)
         except Exception as e:
             _warn(f"wandb logging is off ({_brief(e)})")

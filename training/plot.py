@@ -1,4 +1,4 @@
-"""Draw a run's curves (train and validation loss, learning rate, against step) to a PNG.
+"""Draw a run's curves (train and validation loss, learning rate, gradient norm, against step) to a PNG.
 
     python -m training.plot out/<run>      # prints the PNG's path
 
@@ -45,15 +45,26 @@ def plot_run(run_dir: str):
         print("info: no training_curves.png: matplotlib is not installed (pip install matplotlib)")
         return None
     records = read_metrics(run_dir)
+    if not _has_losses(records):
+        print(f"info: no training_curves.png: {run_dir} has no loss records in metrics.jsonl")
+        return None
+    fig = Figure(figsize=(8, 7.5))
+    FigureCanvasAgg(fig)
+    draw_run(fig, records)
+    fig.suptitle(os.path.basename(os.path.normpath(os.path.abspath(run_dir))))
+    fig.tight_layout()
+    path = os.path.join(run_dir, PNG_NAME)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def draw_run(fig, records) -> None:
+    """The three panels on fig: losses, learning rate, gradient norm."""
     train_steps, train_loss = _series(records, "train", "loss")
     eval_steps, eval_loss = _series(records, "eval", "val_loss")
     lr_steps, lr = _series(records, "train", "lr")
-    if not (train_steps or eval_steps):
-        print(f"info: no training_curves.png: {run_dir} has no loss records in metrics.jsonl")
-        return None
-    fig = Figure(figsize=(8, 6))
-    FigureCanvasAgg(fig)
-    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1)})
+    gn_steps, grad_norm = _series(records, "train", "grad_norm")
+    ax_loss, ax_lr, ax_gn = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": (3, 1, 1)})
     if train_steps:
         ax_loss.plot(train_steps, train_loss, lw=1, label="train loss")
     if eval_steps:
@@ -63,13 +74,12 @@ def plot_run(run_dir: str):
     ax_loss.grid(alpha=0.3)
     ax_lr.plot(lr_steps, lr, color="tab:green")
     ax_lr.set_ylabel("learning rate")
-    ax_lr.set_xlabel("step")
     ax_lr.grid(alpha=0.3)
-    fig.suptitle(os.path.basename(os.path.normpath(os.path.abspath(run_dir))))
-    fig.tight_layout()
-    path = os.path.join(run_dir, PNG_NAME)
-    fig.savefig(path, dpi=100)
-    return path
+    # Before clipping (what the loop logs); spikes here explain spikes in the loss.
+    ax_gn.plot(gn_steps, grad_norm, lw=1, color="tab:red")
+    ax_gn.set_ylabel("gradient norm")
+    ax_gn.set_xlabel("step")
+    ax_gn.grid(alpha=0.3)
 
 
 def _has_losses(records) -> bool:
