@@ -133,6 +133,8 @@ class Attention(nn.Module):
         # matmul instead of three, which matters most when decoding one token at a time.
         self.wqkv = nn.Linear(dim, (n_heads + 2 * n_kv_heads) * self.head_dim,
                               bias=bias if qkv_bias is None else qkv_bias)
+        # The rows of each projection it holds, for optimizers that treat each matrix as a whole (Muon).
+        self.wqkv.fused_rows = (n_heads * self.head_dim, n_kv_heads * self.head_dim, n_kv_heads * self.head_dim)
         self.wo = nn.Linear(n_heads * self.head_dim, dim, bias=bias)
         # How the fused projection becomes heads (with autograd, without), chosen once here so that
         # forward does not test the choice again.

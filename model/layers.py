@@ -198,6 +198,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         self.hidden_dim = hidden_dim
         self.w_gate_up = nn.Linear(dim, 2 * hidden_dim, bias=bias)  # gate rows, then up rows: one matmul
+        self.w_gate_up.fused_rows = (hidden_dim, hidden_dim)  # two matrices, for Muon (see Attention)
         self.w_down = nn.Linear(hidden_dim, dim, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 

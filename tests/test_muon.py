@@ -119,13 +119,13 @@ def test_scheduler_keeps_each_groups_own_rate_and_state_round_trips(tmp_path):
 def test_flops_line_is_derived_from_the_real_shapes():
     model = _model()
     opt = build_optimizer(model, _train(), torch.device("cpu"))
-    # per layer: wqkv (48, 16), wo (16, 16), w_gate_up and w_down
+    # per layer: q, k, v (16, 16) each from wqkv, wo (16, 16), gate and up from w_gate_up, w_down
     shapes = opt.muon_shapes()
-    assert len(shapes) == 8 and (48, 16) in shapes
+    assert len(shapes) == 14 and shapes.count((16, 16)) == 8
     assert newton_schulz_flops((48, 16)) == 5 * (4 * 16 * 16 * 48 + 2 * 16 ** 3)
     total = sum(newton_schulz_flops(s) for s in shapes)
     line = describe_muon(opt, flops_per_step=100 * total)
-    assert line.startswith("muon: Newton-Schulz on 8 matrices") and "1% of the step" in line and "\n" not in line
+    assert line.startswith("muon: Newton-Schulz on 14 matrices") and "1% of the step" in line and "\n" not in line
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -143,3 +143,31 @@ def test_bad_muon_settings_are_one_line_errors(flags, message):
 def test_good_muon_settings_pass():
     cfg = build_config(["--optimizer_type", "muon", "--muon_lr", "0.01", "--embedding_lr", "0.3"])
     assert check_settings(cfg.train) == "" and cfg.train.muon_lr == 0.01 and cfg.train.embedding_lr == 0.3
+
+
+def test_a_fused_projection_is_orthogonalised_matrix_by_matrix():
+    """q, k and v stored as one weight take the updates three separate matrices would."""
+    torch.manual_seed(3)
+    parts = [torch.randn(8, 8), torch.randn(4, 8), torch.randn(4, 8)]
+    fused = torch.nn.Parameter(torch.zeros(16, 8))
+    alone = [torch.nn.Parameter(torch.zeros(p.shape)) for p in parts]
+    opt = MuonAdamW([{"params": [fused], "kind": "muon"}], lr=0.02, fused_rows={fused: (8, 4, 4)})
+    ref = MuonAdamW([{"params": alone, "kind": "muon"}], lr=0.02)
+    fused.grad = torch.cat(parts)
+    for a, g in zip(alone, parts):
+        a.grad = g.clone()
+    opt.step(), ref.step()
+    assert torch.allclose(fused.detach(), torch.cat([a.detach() for a in alone]), atol=1e-7)
+    whole = MuonAdamW([{"params": [w := torch.nn.Parameter(torch.zeros(16, 8))], "kind": "muon"}], lr=0.02)
+    w.grad = torch.cat(parts)
+    whole.step()
+    assert not torch.allclose(w.detach(), fused.detach(), atol=1e-3)  # the split is what made them equal
+    assert opt.muon_shapes() == [(8, 8), (4, 8), (4, 8)]
+
+
+def test_the_models_fused_weights_name_their_matrices():
+    from model import LMConfig, Transformer
+    from training.optim import fused_rows
+    model = Transformer(LMConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=48))
+    rows = {tuple(w.shape): r for w, r in fused_rows(model).items()}
+    assert rows == {(64, 32): (32, 16, 16), (96, 32): (48, 48)}

@@ -90,10 +90,13 @@ class MuonAdamW(torch.optim.Optimizer):
     learning rate, for the scheduler to keep."""
 
     def __init__(self, groups, *, lr: float, betas=(0.9, 0.95), eps: float = 1e-8, weight_decay: float = 0.0,
-                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = NS_STEPS):
+                 momentum: float = 0.95, nesterov: bool = True, ns_steps: int = NS_STEPS, fused_rows=None):
+        """fused_rows: {parameter: row counts} for parameters that stack several matrices (a fused
+        q/k/v projection): Muon orthogonalises each block of rows as its own matrix."""
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, momentum=momentum,
                         nesterov=nesterov, ns_steps=ns_steps, kind="adamw", lr_scale=1.0)
         super().__init__(groups, defaults)
+        self.fused_rows = dict(fused_rows or {})
         for group in self.param_groups:
             if group["kind"] not in ("muon", "adamw"):
                 raise ValueError(f"unknown parameter group kind {group['kind']!r}")
@@ -101,7 +104,12 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise ValueError("Muon groups take 2-D weight matrices only")
 
     def muon_shapes(self) -> list:
-        return [tuple(p.shape) for g in self.param_groups if g["kind"] == "muon" for p in g["params"]]
+        """The shapes Newton-Schulz runs on: a fused parameter's matrices one by one."""
+        shapes = []
+        for p in (p for g in self.param_groups if g["kind"] == "muon" for p in g["params"]):
+            rows = self.fused_rows.get(p)
+            shapes += [(r, p.shape[1]) for r in rows] if rows else [tuple(p.shape)]
+        return shapes
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -129,9 +137,15 @@ class MuonAdamW(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(g, 1 - momentum)
             u = g.lerp(buf, momentum) if group["nesterov"] else buf
-            update = _like(orthogonalise(_whole(u), group["ns_steps"]), p)
+            update = _like(self._orthogonal_update(_whole(u), self.fused_rows.get(p), group["ns_steps"]), p)
             p.mul_(1 - lr * wd)
-            p.add_(update, alpha=-lr * shape_scale(p.shape))
+            p.add_(update, alpha=-lr)
+
+    @staticmethod
+    def _orthogonal_update(u: torch.Tensor, rows, ns_steps: int) -> torch.Tensor:
+        """Each matrix a fused parameter holds (q, k, v; gate, up) orthogonalised and scaled on its own."""
+        parts = u.split(list(rows)) if rows else (u,)
+        return torch.cat([orthogonalise(part, ns_steps) * shape_scale(part.shape) for part in parts])
 
     def _adamw(self, group, params) -> None:
         from torch.optim.adam import adam

@@ -103,6 +103,12 @@ def muon_groups(model: nn.Module, t) -> list:
              "lr_scale": rates[k] / base, "weight_decay": decays[k]} for k in rates if members[k]]
 
 
+def fused_rows(model: nn.Module) -> dict:
+    """{weight: row counts} of the Linear layers that stack several projections (fused_rows)."""
+    return {m.weight: m.fused_rows for m in model.modules()
+            if isinstance(m, nn.Linear) and getattr(m, "fused_rows", None)}
+
+
 def describe_muon(optimizer, flops_per_step: float) -> str:
     """One line: the Newton-Schulz iteration's FLOPs per step (every rank runs it on whole
     matrices) against the step's forward and backward FLOPs on one rank."""
@@ -116,7 +122,7 @@ def describe_muon(optimizer, flops_per_step: float) -> str:
 def build_optimizer(model: nn.Module, t, device: torch.device) -> torch.optim.Optimizer:
     if t.optimizer_type == "muon":
         return MuonAdamW(muon_groups(model, t), lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.adam_eps,
-                         momentum=t.muon_momentum)
+                         momentum=t.muon_momentum, fused_rows=fused_rows(model))
     groups = param_groups(model, t.weight_decay, t.decay_embeddings)
     cls = OPTIMIZERS[t.optimizer_type].cls
     kwargs = dict(lr=t.learning_rate, betas=(t.beta1, t.beta2), eps=t.adam_eps)
