@@ -195,6 +195,14 @@ def _match_form(tokenizer, word: str) -> str:
     return " ".join(normalizer.normalize_str(word).split()) if normalizer is not None else word
 
 
+def _splits(tokenizer, word: str) -> bool:
+    """Whether the tokenizer lacks the word as one token: it splits it, or reads it as unknown (an
+    emoji WordPiece has no piece for, a word beyond its max_input_chars_per_word). An added token is
+    matched before WordPiece runs, so neither limit applies to it."""
+    ids = tokenizer.encode(word)
+    return len(ids) > 1 or (tokenizer.unk_id is not None and ids == [tokenizer.unk_id])
+
+
 def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "text") -> list:
     """The `top` most frequent words (at least min_count times) that the tokenizer splits into
     several pieces: the words a domain adds most often."""
@@ -215,7 +223,7 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     for key, n in counts.most_common():
         if n < min_count or len(words) >= top:
             break
-        if len(tokenizer.encode(first[key])) > 1:
+        if _splits(tokenizer, first[key]):
             words.append(first[key])
     return words
 
@@ -236,7 +244,7 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     new, skipped, forms = [], [], set()
     for w in dict.fromkeys(x.strip() for x in words if x.strip()):
         form = _match_form(tokenizer, w)
-        fresh = form not in forms and len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None
+        fresh = form not in forms and _splits(tokenizer, w) and tokenizer.backend.token_to_id(w) is None
         (new if fresh else skipped).append(w)
         forms.add(form)
     if not new:
