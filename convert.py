@@ -30,23 +30,43 @@ class ConvertError(UserError):
 
 # ---- reading a Hugging Face directory -------------------------------------------------------------
 def _read_json(path: str) -> dict:
+    """A JSON object from a file; anything else (a list, a directory, bad bytes) is one line."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
         raise ConvertError(f"{path} not found: a Hugging Face model directory holds config.json and its weights")
-    except ValueError as e:
+    except OSError as e:
+        raise ConvertError(f"{path} cannot be read ({e.strerror or e})")
+    except ValueError as e:  # UnicodeDecodeError included
         raise ConvertError(f"{path} is not valid JSON ({e})")
+    if not isinstance(data, dict):
+        raise ConvertError(f"{path} must hold a JSON object, not a {type(data).__name__}")
+    return data
 
 
 def _load_weight_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise ConvertError(f"{path} not found (named by the weights index beside it)")
     if path.endswith(".safetensors"):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
-        return load_file(path)
+        try:
+            return load_file(path)
+        except (SafetensorError, OSError) as e:  # cut short, or not a safetensors file at all
+            raise ConvertError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:150]})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a pickle that would have to run code, or a cut file
         raise ConvertError(f"{path} cannot be read safely ({type(e).__name__}); a safetensors file is preferred")
+
+
+def _index_shards(index_path: str) -> list:
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or \
+            not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise ConvertError(f"{index_path}: weight_map must be an object from weight names to shard file names")
+    return sorted(set(weight_map.values()))
 
 
 def read_hf_weights(directory: str) -> dict:
@@ -54,14 +74,39 @@ def read_hf_weights(directory: str) -> dict:
     for name in WEIGHT_FILES:
         index = os.path.join(directory, name + ".index.json")
         if os.path.isfile(index):
-            shards = sorted(set(_read_json(index).get("weight_map", {}).values()))
             state = {}
-            for shard in shards:
+            for shard in _index_shards(index):
                 state.update(_load_weight_file(os.path.join(directory, shard)))
             return state
         if os.path.isfile(os.path.join(directory, name)):
             return _load_weight_file(os.path.join(directory, name))
     raise ConvertError(f"{directory} holds no {' or '.join(WEIGHT_FILES)} (nor a sharded index of them)")
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return 0  # unknown: not checked
+
+
+def check_model_fits(cfg, directory: str) -> None:
+    """Refuse, before anything is allocated, a config.json whose model could not be held in this
+    machine's memory (a vocab_size of 10**12, say). Counted on the meta device from one and two
+    blocks, so a huge layer count costs nothing either."""
+    from training.memory import meta_model
+
+    def count(n_layers):
+        model = meta_model(type(cfg)(**{**cfg.to_dict(), "n_layers": n_layers}))
+        return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
+
+    one, two = count(1), count(2)
+    total = one + (cfg.n_layers - 1) * (two - one)
+    need, have = 4 * total, _physical_memory()
+    if have and need > have:
+        raise ConvertError(f"{directory}: config.json describes a model of {total:,} parameters ({need / 2**30:,.1f} GiB "
+                           f"in float32, vocab_size {cfg.vocab_size:,}, dim {cfg.dim:,}, {cfg.n_layers:,} layers), "
+                           f"more than this machine's {have / 2**30:,.1f} GiB of memory")
 
 
 def import_hf(directory: str, say=print) -> tuple:
@@ -80,6 +125,7 @@ def import_hf(directory: str, say=print) -> tuple:
         cfg = LMConfig.from_dict(family.config_from_hf(hf_config))
     except ValueError as e:
         raise ConvertError(f"{directory}: {e}")
+    check_model_fits(cfg, directory)
     tokenizer = load_tokenizer(directory)
     if tokenizer.vocab_size > cfg.vocab_size:
         raise ConvertError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
@@ -152,6 +198,14 @@ def _match_form(tokenizer, word: str) -> str:
     return " ".join(normalizer.normalize_str(word).split()) if normalizer is not None else word
 
 
+def _splits(tokenizer, word: str) -> bool:
+    """Whether the tokenizer lacks the word as one token: it splits it, or reads it as unknown (an
+    emoji WordPiece has no piece for, a word beyond its max_input_chars_per_word). An added token is
+    matched before WordPiece runs, so neither limit applies to it."""
+    ids = tokenizer.encode(word)
+    return len(ids) > 1 or (tokenizer.unk_id is not None and ids == [tokenizer.unk_id])
+
+
 def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "text") -> list:
     """The `top` most frequent words (at least min_count times) that the tokenizer splits into
     several pieces: the words a domain adds most often."""
@@ -172,7 +226,7 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     for key, n in counts.most_common():
         if n < min_count or len(words) >= top:
             break
-        if len(tokenizer.encode(first[key])) > 1:
+        if _splits(tokenizer, first[key]):
             words.append(first[key])
     return words
 
@@ -193,7 +247,7 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     new, skipped, forms = [], [], set()
     for w in dict.fromkeys(x.strip() for x in words if x.strip()):
         form = _match_form(tokenizer, w)
-        fresh = form not in forms and len(tokenizer.encode(w)) > 1 and tokenizer.backend.token_to_id(w) is None
+        fresh = form not in forms and _splits(tokenizer, w) and tokenizer.backend.token_to_id(w) is None
         (new if fresh else skipped).append(w)
         forms.add(form)
     if not new:

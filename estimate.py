@@ -51,6 +51,7 @@ def vocab_size(cfg) -> tuple:
 def main(argv=None) -> int:
     own, rest = parse(sys.argv[1:] if argv is None else argv)
     from training.config import build_config
+    from model.losses import default_chunk_rows
     from training.memory import estimate
     from training.throughput import head_fraction
 
@@ -62,7 +63,8 @@ def main(argv=None) -> int:
     strategy = own.strategy if own.world_size > 1 else "single"
     kw = dict(batch_size=t.batch_size, world_size=own.world_size, strategy=strategy,
               compute_bytes=COMPUTE_BYTES[dtype], use_ema=t.use_ema, accumulation_steps=t.accumulation_steps,
-              head_fraction=head_fraction(model_cfg.objective, cfg.data.mask_rate))
+              head_fraction=head_fraction(model_cfg.objective, cfg.data.mask_rate),
+              chunk_rows=default_chunk_rows("cpu" if t.device == "cpu" else "cuda"))
     e = estimate(model_cfg, **kw)
     flipped = estimate(type(model_cfg)(**{**model_cfg.to_dict(),
                                           "gradient_checkpointing": not model_cfg.gradient_checkpointing}), **kw)
@@ -85,9 +87,6 @@ def main(argv=None) -> int:
           f"({tokens_per_step:,} tokens)")
     print("not included: the framework's own memory (a CUDA context is about 0.5-1 GiB) and allocator "
           "fragmentation; leave 10-20% headroom")
-    if model_cfg.objective == "mlm":
-        print("also not included: the masked-LM head's logits at the masked positions "
-              f"(about {kw['head_fraction']:.0%} of the tokens x the vocabulary, in the compute dtype and fp32)")
     return 0
 
 

@@ -55,8 +55,14 @@ def _wordpiece(directory: str) -> BackendTokenizer:
     config = {}
     if os.path.isfile(os.path.join(directory, "tokenizer_config.json")):
         config = _read_json(os.path.join(directory, "tokenizer_config.json"))
-    with open(os.path.join(directory, "vocab.txt"), encoding="utf-8") as f:
-        vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    path = os.path.join(directory, "vocab.txt")
+    try:
+        with open(path, encoding="utf-8") as f:
+            vocab = {line.rstrip("\n"): i for i, line in enumerate(f)}
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e.reason}): a WordPiece vocabulary is one UTF-8 token a line")
+    except OSError as e:
+        raise DataError(f"{path} cannot be read ({e.strerror or e})")
     unk = _token(config.get("unk_token")) or "[UNK]"
     backend = BackendTokenizer(models.WordPiece(vocab, unk_token=unk, max_input_chars_per_word=100))
     lower = config.get("do_lower_case", True)

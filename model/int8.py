@@ -2,12 +2,17 @@
 (fbgemm/oneDNN `quantized::linear_dynamic`).
 
 Weights are stored as int8 with one scale per output row; each call quantizes the activations
-per tensor on the fly and accumulates in int32. Decoding one token at a time is bound by weight
+per tensor on the fly and accumulates in int32. CPUs without VNNI (AVX2 only, or AVX-512 before
+Cascade Lake) multiply uint8 by int8 in pairs summed into 16 bits, which saturates for 8-bit
+activations (255 x 127 x 2 > 32767): there the activations are quantized to 7 bits (the kernel's
+reduce_range, torch's own default for this kernel), which cannot saturate. Which one applies is
+decided once by running the kernel on its worst case. Decoding one token at a time is bound by weight
 traffic, so a quarter of the bytes makes the blocks' matrix-vector products several times faster.
 Results are close to float32 but not identical (greedy text can diverge after a near tie), and
 since the activation scale covers the whole batch, a prompt generated in a batch can differ from
 the same prompt alone. The output head (tied to the embedding) stays float32: its logits pick the
 tokens."""
+import functools
 import warnings
 
 import torch
@@ -24,28 +29,50 @@ def int8_available() -> bool:
         return False
 
 
-class Int8Linear(nn.Module):
-    """Inference-only stand-in for a bias-free or biased nn.Linear, weights packed for the kernel."""
+def _quantized_weight(weight: torch.Tensor):
+    """int8 weights in [-127, 127] with one scale per output row."""
+    scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
+    zero = torch.zeros(weight.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():  # quantized-tensor constructors warn about their future
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_channel(weight, scale, zero, axis=0, dtype=torch.qint8)
 
-    def __init__(self, linear: nn.Linear):
+
+@functools.lru_cache(maxsize=None)
+def kernel_saturates() -> bool:
+    """Whether this CPU's kernel loses full-range (8-bit) activations to 16-bit saturation: the
+    worst case (every activation at its top code, every weight at 127) must come out exact."""
+    weight = torch.ones(8, 64)
+    x = torch.ones(4, 64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        packed = torch.ops.quantized.linear_prepack(_quantized_weight(weight), None)
+        out = torch.ops.quantized.linear_dynamic(x, packed, False)
+    return not torch.allclose(out, x @ weight.t(), rtol=1e-2)
+
+
+class Int8Linear(nn.Module):
+    """Inference-only stand-in for a bias-free or biased nn.Linear, weights packed for the kernel.
+    reduce_range: 7-bit activations (None: where this CPU's kernel needs them)."""
+
+    def __init__(self, linear: nn.Linear, reduce_range=None):
         super().__init__()
+        self.reduce_range = kernel_saturates() if reduce_range is None else bool(reduce_range)
         weight = linear.weight.detach().float().cpu()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        scale = (weight.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()
-        zero = torch.zeros(self.out_features, dtype=torch.long)
         bias = None if linear.bias is None else linear.bias.detach().float().cpu()
-        with warnings.catch_warnings():  # quantized-tensor constructors warn about their future
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            qweight = torch.quantize_per_channel(weight, scale, zero, axis=0, dtype=torch.qint8)
-            self._packed = torch.ops.quantized.linear_prepack(qweight, bias)
+            self._packed = torch.ops.quantized.linear_prepack(_quantized_weight(weight), bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, self.in_features).float()
-        out = torch.ops.quantized.linear_dynamic(flat, self._packed, False)
+        out = torch.ops.quantized.linear_dynamic(flat, self._packed, self.reduce_range)
         return out.view(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, int8"
+                + (", 7-bit activations" if self.reduce_range else ""))
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:

@@ -64,11 +64,16 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None
 
 
+def default_chunk_rows(device_type: str) -> int:
+    """256 rows measured fastest on a 2-core CPU (a chunk of logits stays in cache); a GPU wants
+    few, large chunks (each chunk costs a dozen kernel launches)."""
+    return 256 if device_type == "cpu" else 8192
+
+
 def chunked_cross_entropy_sum(hidden, weight, labels, chunk_rows: int = 0, softcap: float = 0.0):
     """Sum over rows with label != -100 of cross_entropy(hidden @ weight.T, labels), the logits
     soft-capped first when softcap > 0 (cap * tanh(logits / cap)).
-    chunk_rows 0 picks by device: 256 rows measured fastest on a 2-core CPU (a chunk of logits stays
-    in cache); a GPU wants few, large chunks (each chunk costs a dozen kernel launches)."""
+    chunk_rows 0 picks by device (default_chunk_rows)."""
     if chunk_rows <= 0:
-        chunk_rows = 256 if hidden.device.type == "cpu" else 8192
+        chunk_rows = default_chunk_rows(hidden.device.type)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk_rows, float(softcap))

@@ -85,3 +85,23 @@ def test_expansion_adds_a_word_once_in_the_form_the_tokenizer_matches(tmp_path):
     hath, word = result["ids"]
     assert tok.encode("hath HATH Hath") == [hath] * 3
     assert word in tok.encode("我今天心情很好")
+
+
+def test_a_word_wordpiece_reads_as_unknown_is_added(tmp_path):
+    """An emoji MiniLM's vocabulary lacks, and a word longer than WordPiece's 100-character limit,
+    both read as the single token [UNK]: they are new words, not "already single tokens". As added
+    tokens they are matched before WordPiece runs, so its length limit does not apply to them."""
+    import checkpoint
+    from convert import expand_vocab, from_hf
+    quiet = lambda *_: None  # noqa: E731
+    from_hf(MODEL_DIR, str(tmp_path / "init.pth"), say=quiet)
+    long_word = "ab" * 5000
+    result = expand_vocab(str(tmp_path / "init.pth"), str(tmp_path / "x.pth"), ["👑", long_word, "[UNK]"], say=quiet)
+    assert result["added"] == ["👑", long_word] and result["skipped"] == ["[UNK]"]
+    crown, long_id = result["ids"]
+    state = checkpoint.load_checkpoint(str(tmp_path / "x.pth"))
+    tok = checkpoint.tokenizer_of(state)
+    assert tok.encode(f"the 👑 king {long_word} .") == [tok.encode("the")[0], crown, tok.encode("king")[0], long_id,
+                                                       tok.encode(".")[0]]
+    rows = state["model"]["tok_embeddings.weight"]
+    assert torch.equal(rows[crown], rows[tok.unk_id])  # the mean of its old pieces: [UNK] alone

@@ -29,10 +29,10 @@ def corpus(tmp_path_factory):
     return root
 
 
-def measure(root, checkpointing: bool) -> dict:
-    flags = ["--batch_size", str(BATCH), "--out_dir", str(root / "out"), "--force_fresh",
+def measure(root, checkpointing: bool, model=MODEL, batch=BATCH) -> dict:
+    flags = ["--batch_size", str(batch), "--out_dir", str(root / "out"), "--force_fresh",
              "--model.gradient_checkpointing", str(checkpointing).lower()]
-    flags += [x for k, v in MODEL.items() for x in (f"--model.{k}", str(v))]
+    flags += [x for k, v in model.items() for x in (f"--model.{k}", str(v))]
     # A fixed mmap threshold: every tensor of any size is given back to the system when freed, so
     # the resident memory is what is alive (glibc would otherwise raise it and keep freed heap).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
@@ -54,6 +54,21 @@ def test_estimated_peak_is_within_15_percent_of_a_measured_training_step(corpus,
     assert measured["peak_bytes"] == pytest.approx(e.peak, rel=0.15), (measured, e)
     # The switch is worth it where the estimate says (activations dominate without it).
     assert (e.activations < e.activations_other) == checkpointing
+
+
+# Reference 003's micro model: a 250k vocabulary at dim 16, where the loss's logits are ten times
+# everything else (the estimate was once 85 MiB against 560-900 measured).
+LARGE_VOCAB = dict(dim=16, n_layers=2, n_heads=2, vocab_size=250_000, max_seq_len=64)
+
+
+@pytest.mark.parametrize("objective, batch", [("clm", 8), ("mlm", 16)])
+def test_a_large_vocabulary_is_counted(corpus, objective, batch):
+    model = {**LARGE_VOCAB, "objective": objective}
+    measured = measure(corpus, False, model, batch)
+    e = estimate(LMConfig(**model), batch_size=batch, compute_bytes=4, head_fraction=0.15 if objective == "mlm" else 1)
+    assert measured["params"] == e.params
+    assert e.logits > 5 * (e.weights + e.optimizer)  # the case this covers: the vocabulary dominates
+    assert measured["peak_bytes"] == pytest.approx(e.peak, rel=0.15), (measured, e)
 
 
 def test_parts_follow_the_model_the_strategy_and_the_world_size():

@@ -6,21 +6,46 @@ import torch
 from torch import nn
 
 from model.generation import GenerationConfig, generate_tokens
-from model.int8 import Int8Linear, int8_available, quantize_int8
+import model.int8
+from model.int8 import Int8Linear, int8_available, kernel_saturates, quantize_int8
 from tests.gen_fixtures import tiny_model
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no CPU int8 kernels")
 
 
+# None: the range this CPU's kernel needs; True: 7-bit activations, the path of CPUs without VNNI
+# (forced, so it is tested on every machine).
+@pytest.mark.parametrize("reduce_range", [None, True])
 @pytest.mark.parametrize("bias", [False, True])
-def test_int8_linear_is_close_to_float(bias):
+def test_int8_linear_is_close_to_float(bias, reduce_range):
     torch.manual_seed(0)
     linear = nn.Linear(96, 200, bias=bias)
     x = torch.randn(3, 5, 96)
     with torch.inference_mode():
-        exact, approx = linear(x), Int8Linear(linear)(x)
+        exact, approx = linear(x), Int8Linear(linear, reduce_range=reduce_range)(x)
     assert approx.shape == exact.shape == (3, 5, 200)
     assert ((approx - exact).norm() / exact.norm()).item() < 0.02
+
+
+@pytest.mark.parametrize("reduce_range", [None, True])
+def test_the_worst_case_for_16_bit_sums_is_exact(reduce_range):
+    """Every activation at the top of its range times weights at 127: the pairs a CPU without VNNI
+    sums in 16 bits would saturate at 8-bit activations (the result came out about half)."""
+    linear = nn.Linear(256, 16, bias=False)
+    with torch.no_grad():
+        linear.weight.fill_(0.5)
+    x = torch.full((4, 256), 3.0)
+    with torch.inference_mode():
+        out = Int8Linear(linear, reduce_range=reduce_range)(x)
+    assert torch.allclose(out, torch.full((4, 16), 384.0), rtol=1e-2)
+
+
+def test_a_saturating_kernel_gets_7_bit_activations(monkeypatch):
+    linear = nn.Linear(8, 4)
+    assert Int8Linear(linear).reduce_range == kernel_saturates()
+    monkeypatch.setattr(model.int8, "kernel_saturates", lambda: True)
+    assert Int8Linear(linear).reduce_range is True
+    assert "7-bit activations" in repr(Int8Linear(linear))
 
 
 def test_quantized_model_replaces_block_linears_and_keeps_logits():

@@ -14,8 +14,15 @@ in the compute dtype; SwiGLU keeps four hidden-sized tensors (gate, up, activate
 a GELU MLP two; attention keeps one fp32 log-sum-exp per head. The chunked loss keeps the output
 head's fp32 gradient from forward to backward, and under autocast every matmul weight is cached in
 the compute dtype for the whole forward. Measured against: the default (llama) causal block. Other
-families are counted with their feed-forward's saved tensors; a masked LM's logits at the masked
-positions are not counted."""
+families are counted with their feed-forward's saved tensors.
+
+With a large vocabulary the logits dominate (a 250k vocabulary at dim 16: ten times everything
+else). The chunked loss holds two chunks of [rows x vocabulary] logits at its peak (the next one is
+computed while the last one's buffers are still referenced), fp32 plus compute-dtype copies under
+autocast; a masked LM computes full logits at its masked positions, and the backward of its
+cross-entropy holds three fp32 [masked x vocabulary] tensors at once (the saved log-softmax, the
+incoming gradient and the outgoing one)."""
+import math
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +61,7 @@ class Estimate:
     buckets: int           # DDP's gradient buckets
     gathered: int          # FSDP: the root's parameters and one block (and the next) unsharded
     activations: int       # saved for backward, gradient checkpointing as configured
+    logits: int            # the loss's vocabulary-sized tensors at their peak
     activations_other: int  # the same with the checkpointing switch flipped
     peak: int              # the estimated peak of a step
     flops_per_token: float
@@ -61,7 +69,7 @@ class Estimate:
     def rows(self):
         return [("weights", self.weights), ("gradients", self.gradients), ("optimizer state", self.optimizer),
                 ("EMA", self.ema), ("DDP gradient buckets", self.buckets), ("FSDP gathered blocks", self.gathered),
-                ("activations", self.activations)]
+                ("activations", self.activations), ("loss logits", self.logits)]
 
 
 def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointing: bool,
@@ -69,7 +77,7 @@ def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointi
     """Saved tensors of one micro-batch of `tokens` tokens, plus the backward's working set (the
     gradients flowing through one feed-forward: one hidden-sized tensor fewer than it saved)."""
     working = tokens * (FFN_SAVED[cfg.feed_forward] - 1) * cfg.ffn_dim * compute_bytes
-    head = cfg.vocab_size * cfg.dim * 4                      # the loss's fp32 head gradient
+    head = cfg.vocab_size * cfg.dim * 4 if cfg.causal else 0  # the chunked loss's fp32 head gradient
     cache = 2 * body_matmul_params(cfg) if compute_bytes == 2 and weight_cache else 0  # FSDP gathers them cast
     layer = layer_activation_bytes_per_token(cfg, compute_bytes) * tokens
     outside = tokens * (cfg.dim * 4 + cfg.dim * compute_bytes + 16)  # final norm input, hidden gradient, ids
@@ -78,9 +86,23 @@ def activation_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, checkpointi
     return head + cache + outside + cfg.n_layers * layer + working
 
 
+def logits_bytes(cfg: LMConfig, tokens: int, compute_bytes: int, head_fraction: float = 1.0,
+                 chunk_rows: int = 256) -> int:
+    """The vocabulary-sized tensors alive at the loss's peak (at the end of the forward for the
+    chunked causal loss, at the start of the backward for a masked LM's), activations aside."""
+    low = compute_bytes if compute_bytes != 4 else 0  # autocast's copy beside the fp32 logits
+    if not cfg.causal:
+        masked = math.ceil(head_fraction * tokens)
+        return masked * cfg.vocab_size * (12 + low)
+    rows = min(tokens, chunk_rows)
+    chunks = math.ceil(tokens / chunk_rows)
+    return rows * cfg.vocab_size * (4 + low) * (2 if chunks > 1 else 1)
+
+
 def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str = "single",
              compute_bytes: int = 4, use_ema: bool = False, accumulation_steps: int = 1,
-             head_fraction: float = 1.0) -> Estimate:
+             head_fraction: float = 1.0, chunk_rows: int = 256) -> Estimate:
+    """chunk_rows: the chunked loss's rows per chunk on the run's device (model.losses)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
     model = meta_model(cfg)
@@ -104,12 +126,14 @@ def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str 
     # one more head-sized fp32 gradient: the loss hands back a copy of the one it stored, and the
     # embedding's own gradient is summed into it at the end. With accumulation, the gradients of
     # earlier micro-steps live through the forward.
+    # The logits come and go inside the loss, while every activation is alive.
     fixed = weights + optim + ema + buckets + gathered
     head = cfg.vocab_size * cfg.dim * 4
+    logits = logits_bytes(cfg, tokens, compute_bytes, head_fraction, chunk_rows)
     if accumulation_steps > 1:
-        peak = fixed + grads + acts
+        peak = fixed + grads + acts + logits
     else:
-        peak = fixed + max(grads + head, acts + head)
+        peak = fixed + max(grads + head, acts + max(head, logits))
     return Estimate(params=p, weights=weights, gradients=grads, optimizer=optim, ema=ema, buckets=buckets,
-                    gathered=gathered, activations=acts, activations_other=other, peak=peak,
+                    gathered=gathered, activations=acts, logits=logits, activations_other=other, peak=peak,
                     flops_per_token=model.flops_per_token(head_fraction))

@@ -27,6 +27,10 @@ _ARCHITECTURES = {"LlamaForCausalLM": "llama", "LlamaModel": "llama", "Qwen2ForC
 def family_for_hf_config(hf_config: dict) -> Family:
     model_type = hf_config.get("model_type")
     architectures = hf_config.get("architectures") or []
+    if not isinstance(model_type, (str, type(None))):
+        raise ValueError(f"config.json: model_type must be a string, got {model_type!r:.60}")
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise ValueError(f"config.json: architectures must be a list of class names, got {architectures!r:.60}")
     if model_type is None:
         model_type = next((_ARCHITECTURES[a] for a in architectures if a in _ARCHITECTURES), None)
     if model_type in FAMILIES:

@@ -114,17 +114,38 @@ def positive(hf_config: dict, key: str, default=None) -> int:
     return value
 
 
+def number(hf_config: dict, key: str, default: float) -> float:
+    """A float setting (an epsilon, a dropout rate); null, text or a list is one line."""
+    value = hf_config.get(key, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value or value < 0:
+        raise ValueError(f"config.json: {key} must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def flag(hf_config: dict, key: str, default: bool) -> bool:
+    """A true/false setting: the text "false" would otherwise read as true."""
+    value = hf_config.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"config.json: {key} must be true or false, got {value!r}")
+    return value
+
+
+def _section(hf_config: dict, key: str) -> dict:
+    value = hf_config.get(key) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"config.json: {key} must be an object or null, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
 def rope_theta(hf_config: dict, default: float = 10000.0) -> float:
     """rope_theta from rope_parameters (transformers 5) or the older rope_theta / rope_scaling
     keys; scaled rope variants (linear, dynamic, yarn, llama3...) are refused in one line."""
-    params = hf_config.get("rope_parameters") or {}
-    scaling = hf_config.get("rope_scaling") or {}
+    params, scaling = _section(hf_config, "rope_parameters"), _section(hf_config, "rope_scaling")
     for source in (params, scaling):
         kind = source.get("rope_type", source.get("type", "default"))
         if kind not in (None, "default"):
             raise ValueError(f"config.json: rope type {kind!r} is not supported (only plain rope)")
-    theta = params.get("rope_theta", hf_config.get("rope_theta", default))
-    return float(theta)
+    return number(params if "rope_theta" in params else hf_config, "rope_theta", default)
 
 
 def common_kwargs(hf_config: dict, vocab_size: int) -> dict:

@@ -12,7 +12,7 @@ initialises the head fresh."""
 import torch
 
 from model.config import LMConfig
-from model.hf.base import Family, Weights, common_kwargs, need, positive, put
+from model.hf.base import Family, Weights, common_kwargs, need, number, positive, put
 
 _BLOCK = {  # ours -> theirs, inside layer i, each with .weight and .bias
     "attention.wo": "attention.output.dense",
@@ -68,8 +68,8 @@ class BertFamily(Family):
                     n_layers=positive(hf, "num_hidden_layers", 12), n_heads=positive(hf, "num_attention_heads", 12),
                     hidden_dim=positive(hf, "intermediate_size", 3072),
                     max_seq_len=positive(hf, "max_position_embeddings", 512),
-                    token_types=positive(hf, "type_vocab_size", 2), norm_eps=float(hf.get("layer_norm_eps", 1e-12)),
-                    dropout=float(hf.get("hidden_dropout_prob", 0.1)), tie_embeddings=True,
+                    token_types=positive(hf, "type_vocab_size", 2), norm_eps=number(hf, "layer_norm_eps", 1e-12),
+                    dropout=number(hf, "hidden_dropout_prob", 0.1), tie_embeddings=True,
                     next_sentence="BertForPreTraining" in (hf.get("architectures") or []),
                     **self.PIECES, **common_kwargs(hf, vocab))
 

@@ -3,7 +3,7 @@ MLP and a final LayerNorm, lm_head tied to the token embedding. transformers sto
 projections as Conv1D ([in, out], the transpose of a Linear's weight), so every matrix is
 transposed on the way in and out; the fused q|k|v (c_attn) is already our wqkv layout."""
 from model.config import LMConfig
-from model.hf.base import Family, Weights, common_kwargs, need, positive, put
+from model.hf.base import Family, Weights, common_kwargs, flag, need, number, positive, put
 
 # Ours -> theirs, inside block i; (name, transposed).
 _BLOCK = {
@@ -37,9 +37,9 @@ class GPT2Family(Family):
         dim, vocab = positive(hf, "n_embd", 768), positive(hf, "vocab_size", 50257)
         return dict(arch="gpt2", objective="clm", vocab_size=vocab, dim=dim, n_layers=positive(hf, "n_layer", 12),
                     n_heads=positive(hf, "n_head", 12), hidden_dim=hf.get("n_inner") or 4 * dim,
-                    max_seq_len=positive(hf, "n_positions", 1024), norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)),
-                    tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-                    dropout=float(hf.get("resid_pdrop", 0.1)),
+                    max_seq_len=positive(hf, "n_positions", 1024), norm_eps=number(hf, "layer_norm_epsilon", 1e-5),
+                    tie_embeddings=flag(hf, "tie_word_embeddings", True),
+                    dropout=number(hf, "resid_pdrop", 0.1),
                     **{**self.PIECES, "feed_forward": _ACTIVATIONS[act]}, **common_kwargs(hf, vocab))
 
     def config_to_hf(self, cfg: LMConfig) -> dict:

@@ -3,7 +3,7 @@ rotary embeddings, so tensors copy as they are; our fused projections (wqkv, w_g
 into, or joined from, their separate q/k/v and gate/up ones. Qwen2 is Llama with biases on q, k
 and v (none on the output projection or the MLP)."""
 from model.config import LMConfig
-from model.hf.base import Family, Weights, common_kwargs, need, positive, put, rope_theta
+from model.hf.base import Family, Weights, common_kwargs, flag, need, number, positive, put, rope_theta
 
 _BLOCK = {
     "attention.wo.weight": "self_attn.o_proj.weight",
@@ -46,9 +46,9 @@ class LlamaFamily(Family):
                     n_kv_heads=hf.get("num_key_value_heads") or heads,
                     hidden_dim=positive(hf, "intermediate_size", 11008),
                     max_seq_len=positive(hf, "max_position_embeddings", 2048),
-                    norm_eps=float(hf.get("rms_norm_eps", 1e-6)), rope_theta=rope_theta(hf),
-                    tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-                    dropout=float(hf.get("attention_dropout", 0.0) or 0.0),
+                    norm_eps=number(hf, "rms_norm_eps", 1e-6), rope_theta=rope_theta(hf),
+                    tie_embeddings=flag(hf, "tie_word_embeddings", False),
+                    dropout=number(hf, "attention_dropout", 0.0),
                     **self.PIECES, **common_kwargs(hf, vocab))
 
     def config_to_hf(self, cfg: LMConfig) -> dict:
