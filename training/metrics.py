@@ -7,11 +7,14 @@ run goes on with metrics.jsonl alone.
 metrics.jsonl: one JSON object per line, exactly the keys given. Tensors and numpy scalars are
 written as plain numbers; a non-finite float is written as NaN / Infinity, which Python's json
 (and so training.plot) reads back."""
+import errno
 import json
 import os
 import sys
 
 import torch
+
+from utils import OutputError
 
 
 def _warn(message: str) -> None:
@@ -37,11 +40,13 @@ class MetricsLogger:
     def __init__(self, run_dir, enabled=True, tensorboard=False, wandb=False, wandb_project=None,
                  wandb_run_name=None, config=None):
         self.enabled, self.file, self.tb, self.wandb = enabled, None, None, None
+        self.logged = 0  # records written to metrics.jsonl
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
         # Append: a resumed run continues the same file (the loop trims records past the checkpoint).
-        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             self.tb = self._start_tensorboard(run_dir)
         if wandb:
@@ -80,8 +85,16 @@ class MetricsLogger:
         if not self.enabled or self.file is None:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()  # a killed run keeps every record logged so far
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()  # a killed run keeps every record logged so far
+        except OSError as e:
+            self._give_up_file()
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise OutputError(f"{'no space left' if full else 'cannot write'} appending to {self.path} at step "
+                              f"{record.get('step')} ({e.strerror or e}); the records and checkpoints written so far "
+                              f"are intact: {'free some space and ' if full else ''}resume with --resume") from None
+        self.logged += 1
         if self.tb is None and self.wandb is None:
             return
         step = int(record.get("step", 0))
@@ -97,6 +110,14 @@ class MetricsLogger:
             except Exception as e:
                 _warn(f"wandb logging stopped ({_brief(e)})")
                 self.wandb = None
+
+    def _give_up_file(self) -> None:
+        """Close a log whose write failed; closing retries the failed flush, whose error was said already."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.file = None
 
     def close(self) -> None:
         if self.file is not None:
