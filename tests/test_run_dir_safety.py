@@ -31,7 +31,7 @@ def snapshot(directory, skip=()):
     return found
 
 
-LOCK = (".run.lock",)  # the lock's own file: a run that takes the lock writes its pid there
+LOCK = ("train.lock",)  # the lock's own file: a run that takes the lock writes its pid there
 
 
 def test_resume_with_nothing_to_do_keeps_the_only_checkpoint(tiny_corpus, run_root):

@@ -1,4 +1,4 @@
-"""One run per run directory: rank 0 holds an OS lock (flock) on <run_dir>/.run.lock for the run's
+"""One run per run directory: rank 0 holds an OS lock (flock) on <run_dir>/train.lock for the run's
 life, so a second run started on the same directory (fresh, --resume or --force-fresh) is refused
 with one line naming the holder's pid, before it touches anything. The kernel releases the lock
 when its holder exits however it ends (kill -9 too), so a dead run never leaves a stale lock; the
@@ -9,7 +9,7 @@ import time
 
 from utils import OutputError, UserError
 
-LOCK_NAME = ".run.lock"
+LOCK_NAME = "train.lock"  # not a dot name: those are the temporaries of killed writes
 
 
 class RunDirBusy(UserError):
