@@ -42,8 +42,8 @@ def _train(cfg) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         if info.is_main and summary["outcome"] == "nothing_to_do":
-            print(f"nothing to do: {summary['resumed_from']} is at step {summary['step']} and --max_steps is "
-                  f"{summary['max_steps']}; raise --max_steps to train on")
+            print(f"nothing to do: {summary['resumed_from']} is at step {summary['step']} and the run is "
+                  f"{summary['max_steps']} steps long (--max_steps or --epochs); lengthen it to train on")
         elif info.is_main:
             _print_summary(summary)
             from training.plot import plot_run

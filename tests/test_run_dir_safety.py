@@ -49,7 +49,7 @@ def test_resume_with_nothing_to_do_keeps_the_only_checkpoint(tiny_corpus, run_ro
         proc = run_ok(train_cmd("--config", cfg, "--resume", "--max_steps", str(max_steps)))
         assert "completed" not in proc.stdout and "wrote" not in proc.stdout, proc.stdout
         assert proc.stdout.strip().splitlines()[-1] == (f"nothing to do: {run_dir}/checkpoint_interrupted.pth is at step {reached} "
-                                       f"and --max_steps is {max_steps}; raise --max_steps to train on"), proc.stdout
+                                       f"and the run is {max_steps} steps long (--max_steps or --epochs); lengthen it to train on"), proc.stdout
         assert snapshot(run_dir, skip=LOCK) == before, "a run with nothing to do changed its directory"
 
     # A resume with work left writes its final checkpoint, and only then drops the interrupted one.
