@@ -257,13 +257,19 @@ def latest_checkpoint(run_dir: str):
     checkpoint_interrupted.pth (the interrupted one wins a tie, it is written later)."""
     candidates = step_checkpoints(run_dir)
     for interrupted in interrupted_checkpoints(run_dir):
-        try:
-            file = os.path.join(interrupted, SHARD_META) if is_sharded(interrupted) else interrupted
-            step = torch.load(file, map_location="cpu", weights_only=True, mmap=True)["step"]
+        step = checkpoint_step(interrupted)
+        if step is not None:  # an unreadable interrupted file must not hide the good step checkpoints
             candidates.append((step + 0.5, interrupted))
-        except Exception:
-            pass  # an unreadable interrupted file must not hide the good step checkpoints
     return max(candidates)[1] if candidates else None
+
+
+def checkpoint_step(path: str):
+    """The step a checkpoint (file or sharded directory) was written at, or None when unreadable."""
+    try:
+        file = os.path.join(path, SHARD_META) if is_sharded(path) else path
+        return int(torch.load(file, map_location="cpu", weights_only=True, mmap=True)["step"])
+    except Exception:
+        return None
 
 
 def interrupted_checkpoints(run_dir: str) -> list:

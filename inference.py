@@ -6,10 +6,17 @@
     python inference.py --model_path out/<mlm-run>/best.pth --fill_mask "The <mask> of Denmark"
 
 The tokenizer and model config come from the checkpoint's run directory; nothing else is needed."""
-import argparse
-import json
 import os
+import signal
 import sys
+
+QUIET_START = __name__ == "__main__"
+if QUIET_START:  # Ctrl-C during the imports below (a second or more): a quiet exit 130, as run_cli gives later
+    signal.signal(signal.SIGINT, lambda *_: (os.write(2, b"\n"), os._exit(130)))
+
+import argparse
+import errno
+import json
 import time
 
 import torch
@@ -130,9 +137,14 @@ def run_batch(gen: TextGenerator, args, config, prompts) -> None:
             bar.update(len(chunk))
     seconds = time.perf_counter() - start
     if out:
-        with out:
-            for prompt, text in zip(prompts, results):
-                out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
+        try:
+            with out:
+                for prompt, text in zip(prompts, results):
+                    out.write(json.dumps({"prompt": prompt, "generated": text}, ensure_ascii=False) + "\n")
+        except OSError as e:
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise UsageError(f"{'no space left to write' if full else 'cannot write'} {args.output} "
+                             f"({e.strerror or e}); nothing was kept: run again with another --output") from None
     else:
         for prompt, text in zip(prompts, results):
             print(f"### {prompt}\n{prompt}{text}\n")
@@ -203,6 +215,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
+    if QUIET_START:  # inside run_cli now, which turns Ctrl-C (KeyboardInterrupt) into the same quiet exit
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         check_flags(args)

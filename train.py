@@ -6,6 +6,7 @@
     torchrun --nproc_per_node=4 train.py --config config.yaml --fsdp    # sharded model and checkpoints
     python train.py --config config.yaml --resume [--resume_from out/<run>/checkpoint_step_N.pth]
 """
+import contextlib
 import os
 import sys
 
@@ -16,13 +17,20 @@ from utils import check_writable_dir, run_cli
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if "LOCAL_RANK" in os.environ:  # a torchrun rank: it stops when torchrun dies
+        from training.signals import exit_with_launcher
+        exit_with_launcher()
     from training.config import build_config
-    from training import distributed
 
     cfg = build_config(argv, default_config="config.yaml" if os.path.exists("config.yaml") else None)
     if "OMP_NUM_THREADS" not in os.environ:  # the user's setting wins; else share the cores between ranks
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-    check_outputs(cfg)
+    with claim_outputs(cfg):
+        return _train(cfg)
+
+
+def _train(cfg) -> int:
+    from training import distributed
     info, device = distributed.setup(cfg.train.ddp or cfg.train.fsdp, cfg.train.device,
                                      flag="--fsdp" if cfg.train.fsdp else "--ddp")
     try:
@@ -33,7 +41,10 @@ def main(argv=None) -> int:
         except TrainingStopped as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-        if info.is_main:
+        if info.is_main and summary["outcome"] == "nothing_to_do":
+            print(f"nothing to do: {summary['resumed_from']} is at step {summary['step']} and the run is "
+                  f"{summary['max_steps']} steps long (--max_steps or --epochs); lengthen it to train on")
+        elif info.is_main:
             _print_summary(summary)
             from training.plot import plot_run
             plot_run(summary["run_dir"])
@@ -45,13 +56,22 @@ def main(argv=None) -> int:
         distributed.teardown(info)
 
 
-def check_outputs(cfg) -> None:
-    """Every directory the run writes to, proven writable before any work."""
+def claim_outputs(cfg):
+    """The run directory locked for this run (rank 0 holds the lock, for every rank) and every
+    directory the run writes to proven writable, before any work; the lock is the returned context."""
     if int(os.environ.get("RANK", "0")) != 0:
-        return
-    check_writable_dir(os.path.join(cfg.train.out_dir, cfg.train.run_name), "--out_dir")
-    if not cfg.data.train_bin:
-        check_writable_dir(cfg.data.out_dir, "--data.out_dir")
+        return contextlib.nullcontext()
+    from training.run_lock import RunLock
+    run_dir = os.path.join(cfg.train.out_dir, cfg.train.run_name)
+    lock = RunLock(run_dir).acquire()  # first: a directory another run holds is not touched at all
+    try:
+        check_writable_dir(run_dir, "--out_dir")
+        if not cfg.data.train_bin:
+            check_writable_dir(cfg.data.out_dir, "--data.out_dir")
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 def _print_summary(s: dict) -> None:
@@ -66,10 +86,12 @@ def _print_summary(s: dict) -> None:
         lines.append(f"final validation bits per byte {s['val_bpb']:.3f}")
     if "val_mlm_accuracy" in s:
         lines.append(f"final masked-token accuracy {s['val_mlm_accuracy']:.3f}")
-    best = "best.pth, " if s["best_step"] >= 0 else ""
-    sharded = any(n.endswith(".dcp") for n in os.listdir(s["run_dir"]))  # --fsdp writes directories
-    lines.append(f"wrote {s['run_dir']}/ ({best}checkpoint_step_*.{'dcp' if sharded else 'pth'}, metrics.jsonl, "
-                 "tokenizer.json, config.yaml)")
+    written = s["written"]
+    steps = [n for n in written if n.startswith("checkpoint_step_")]
+    if len(steps) > 3:  # a long run with a large train.keep_last: the first and the last say enough
+        at = written.index(steps[0])
+        written = written[:at] + [f"{len(steps)} checkpoints {steps[0]} ... {steps[-1]}"] + written[at + len(steps):]
+    lines.append(f"wrote {s['run_dir']}/ ({', '.join(written)})")
     print("\n".join(lines))
 
 

@@ -180,3 +180,31 @@ def test_inference_does_not_import_training_code():
     code = "import sys, inference, checkpoint, model.int8; print(sorted(m for m in sys.modules if m.split('.')[0] == 'training'))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_full_disk_for_output_is_one_line(ckpts, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("To be\nNow is\n")
+    proc = main(capsys, "--model_path", ckpts["clm"], "--batch_file", str(prompts), "--output", "/dev/full",
+                "--max_new_tokens", "2")  # /dev/full: every write fails with ENOSPC
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no space left" in errors[0] and "/dev/full" in errors[0]
+
+
+def test_ctrl_c_while_starting_up_exits_quietly(ckpts):
+    """SIGINT while torch is still being imported (before main's handler exists): exit 130, no traceback."""
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("needs /proc to see when torch is being loaded")
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "inference.py"), "--model_path", ckpts["clm"],
+                             "--prompt", "To be"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    importing = False
+    while proc.poll() is None and not importing:
+        try:
+            with open(f"/proc/{proc.pid}/maps") as f:
+                importing = "libtorch" in f.read()  # torch's library is mapped: its import is under way
+        except OSError:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert importing and proc.returncode == 130 and b"Traceback" not in err, err.decode()[-2000:]

@@ -27,7 +27,7 @@ from training.metrics import MetricsLogger
 from training.optim import allocate_state, build_optimizer, describe_muon, is_fused
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
-from training.run_dir import find_resume_path, prepare_run_dir
+from training.run_dir import find_resume_path, prepare_run_dir, remove_superseded_interrupted
 from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
 from training.schedule import LRScheduler, extension_note, resolve_warmup
 from training.signals import StopSignals
@@ -108,17 +108,21 @@ class Trainer:
             self.parts["ema"] = self.ema
             self.parts["ema_updates"] = self.ema.counter  # the warm-up's place: a resume continues it
 
-        resume_path = find_resume_path(t, self.run_dir, info.is_main)
+        self.resume_path = resume_path = find_resume_path(t, self.run_dir, info.is_main)
         if resume_path:
             self._resume(resume_path)
         else:
             seed_everything(t.seed + info.rank)  # dropout streams differ per rank
+        # A resume already at (or past) its last step trains nothing: it leaves the directory as it is.
+        self.nothing_to_do = bool(resume_path) and self.step >= self.total_steps
+        self.written = []  # names of the files this run wrote, for its closing message
 
         self.peak_flops = peak_flops(device, t.peak_flops)
         self.head_fraction = head_fraction(self.model_config.objective, cfg.data.mask_rate)
-        if info.is_main:
-            prepare_run_dir(self.run_dir, cfg, self.tokenizer, resume_path, self.step, self.say)
-        self.logger = MetricsLogger(self.run_dir, enabled=info.is_main, tensorboard=t.tensorboard,
+        if info.is_main and not self.nothing_to_do:
+            self.written += prepare_run_dir(self.run_dir, cfg, self.tokenizer, resume_path, self.step, self.say)
+        self.logger = MetricsLogger(self.run_dir, enabled=info.is_main and not self.nothing_to_do,
+                                    tensorboard=t.tensorboard,
                                     wandb=t.use_wandb, wandb_project=t.wandb_project,
                                     wandb_run_name=t.wandb_run_name, config=cfg.to_dict(),
                                     start_step=self.step)
@@ -289,6 +293,7 @@ class Trainer:
             self._write(path, states, kind="train")
         if self.info.is_main:
             ckpt.prune_checkpoints(self.run_dir, self.cfg.train.keep_last)
+        self.written.append(os.path.basename(path))
         barrier(self.info)
         return path
 
@@ -299,6 +304,7 @@ class Trainer:
         weights = ckpt.full_tensors(weights)  # under FSDP every rank gives its shards
         if self.info.is_main:
             self._write(os.path.join(self.run_dir, ckpt.BEST), weights, kind="weights")
+        self.written.append(ckpt.BEST)
 
     # ---- one optimizer step ---------------------------------------------------------------
     def autocast(self):
@@ -427,6 +433,9 @@ class Trainer:
 
     def train(self) -> dict:
         t, info = self.cfg.train, self.info
+        if self.nothing_to_do:
+            return {"outcome": "nothing_to_do", "step": self.step, "max_steps": self.total_steps,
+                    "resumed_from": self.resume_path, "run_dir": self.run_dir}
         cadence = Cadence(t, self.total_steps)
         threads = f" ({torch.get_num_threads()} threads)" if self.device.type == "cpu" else ""
         self.say(f"training {format_count(self.raw_model.num_params())} parameters ({self.model_config.objective}) "
@@ -475,10 +484,16 @@ class Trainer:
             finally:
                 bar.close()
                 self.logger.close()
-        if outcome != "interrupted" and info.is_main:
-            for stale in ckpt.interrupted_checkpoints(self.run_dir):
-                ckpt.remove(stale)
+        if outcome != "interrupted" and info.is_main:  # its last step's checkpoint supersedes them
+            remove_superseded_interrupted(self.run_dir, self.step)
         return {"outcome": outcome, "step": self.step, "best_val_loss": self.early.best_loss,
                 "best_step": self.early.best_step, "skipped_steps": self.nan_guard.total,
                 "seconds": time.perf_counter() - started, "run_dir": self.run_dir,
-                "has_validation": self.val_windows is not None, **last_eval}
+                "has_validation": self.val_windows is not None, "written": self._written_files(), **last_eval}
+
+    def _written_files(self) -> list:
+        """What this run wrote and the directory still holds (pruning drops old checkpoints), each once."""
+        names = self.written + (["metrics.jsonl"] if self.logger.logged else [])
+        names = [n for i, n in enumerate(names) if n not in names[:i] and os.path.exists(os.path.join(self.run_dir, n))]
+        order = {ckpt.BEST: 0, "metrics.jsonl": 2}
+        return sorted(names, key=lambda n: 1 if n.startswith("checkpoint_") else order.get(n, 3))

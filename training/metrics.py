@@ -12,12 +12,15 @@ A resumed run (start_step: the checkpoint's step; 0 for a fresh start) logs each
 TensorBoard purges the events after start_step that the earlier run wrote (they are replayed),
 and wandb continues the same run, whose id is kept in the run directory (wandb_run_id). wandb
 drops a replayed step it already holds; a resume is exact, so the values it keeps are the same."""
+import errno
 import json
 import os
 import secrets
 import sys
 
 import torch
+
+from utils import OutputError
 
 
 def _warn(message: str) -> None:
@@ -46,11 +49,13 @@ class MetricsLogger:
     def __init__(self, run_dir, enabled=True, tensorboard=False, wandb=False, wandb_project=None,
                  wandb_run_name=None, config=None, start_step=None):
         self.enabled, self.file, self.tb, self.wandb = enabled, None, None, None
+        self.logged = 0  # records written to metrics.jsonl
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
         # Append: a resumed run continues the same file (the loop trims records past the checkpoint).
-        self.file = open(os.path.join(run_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             self.tb = self._start_tensorboard(run_dir, start_step)
         if wandb:
@@ -109,8 +114,16 @@ class MetricsLogger:
         if not self.enabled or self.file is None:
             return
         record = {k: _plain(v) for k, v in record.items()}
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()  # a killed run keeps every record logged so far
+        try:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()  # a killed run keeps every record logged so far
+        except OSError as e:
+            self._give_up_file()
+            full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise OutputError(f"{'no space left' if full else 'cannot write'} appending to {self.path} at step "
+                              f"{record.get('step')} ({e.strerror or e}); the records and checkpoints written so far "
+                              f"are intact: {'free some space and ' if full else ''}resume with --resume") from None
+        self.logged += 1
         if self.tb is None and self.wandb is None:
             return
         step = int(record.get("step", 0))
@@ -126,6 +139,14 @@ class MetricsLogger:
             except Exception as e:
                 _warn(f"wandb logging stopped ({_brief(e)})")
                 self.wandb = None
+
+    def _give_up_file(self) -> None:
+        """Close a log whose write failed; closing retries the failed flush, whose error was said already."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
+        self.file = None
 
     def close(self) -> None:
         if self.file is not None:

@@ -1,6 +1,7 @@
 """The run directory's files outside checkpoints: which checkpoint a run resumes from, and what a
 start leaves in the directory (stale temporaries removed, a fresh start's old log gone, the
-tokenizer and config written, a resumed run's metrics cut back to its step)."""
+tokenizer and config written, a resumed run's metrics cut back to its step), and which
+interrupted checkpoints a finished run may drop."""
 import json
 import os
 
@@ -8,7 +9,7 @@ import checkpoint as ckpt
 from data.hf_tokenizer import save_roles
 from model.config import ConfigError
 from training.config import dump_yaml
-from utils import read_jsonl_records, remove_stale_temporaries
+from utils import atomic_write, remove_stale_temporaries
 
 
 def find_resume_path(t, run_dir: str, is_main: bool):
@@ -28,7 +29,8 @@ def find_resume_path(t, run_dir: str, is_main: bool):
     return None
 
 
-def prepare_run_dir(run_dir: str, cfg, tokenizer, resume_path, step: int, say) -> None:
+def prepare_run_dir(run_dir: str, cfg, tokenizer, resume_path, step: int, say) -> list:
+    """Returns the names of the files it wrote."""
     os.makedirs(run_dir, exist_ok=True)
     stale = remove_stale_temporaries(run_dir)
     if stale:
@@ -43,18 +45,40 @@ def prepare_run_dir(run_dir: str, cfg, tokenizer, resume_path, step: int, say) -
             os.remove(os.path.join(run_dir, name))
         if old and not removed:
             say(f"fresh start: removed {', '.join(old)} of an earlier run that left no checkpoint")
+    written = ["tokenizer.json"]
     tokenizer.save(os.path.join(run_dir, "tokenizer.json"))
     if not tokenizer.is_default:
         save_roles(tokenizer, run_dir)
-    with open(os.path.join(run_dir, "config.yaml"), "w", encoding="utf-8") as f:
-        f.write(dump_yaml(cfg))
+        written += ["special_tokens_map.json", "tokenizer_config.json"]
+    # Atomic, so a full disk is one line and an earlier config.yaml stays whole.
+    atomic_write(os.path.join(run_dir, "config.yaml"), lambda f: f.write(dump_yaml(cfg)), binary=False)
+    written.append("config.yaml")
     metrics = os.path.join(run_dir, "metrics.jsonl")
     if resume_path and os.path.exists(metrics):
         truncate_metrics(metrics, step)
+    return written
 
 
 def truncate_metrics(path: str, step: int) -> None:
-    """Drop records logged after the checkpoint we resume from, so the file reads as one run."""
-    keep = [r for r in read_jsonl_records(path) if r.get("step", 0) <= step]
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
+    """Drop records logged after the checkpoint we resume from, so the file reads as one run.
+    Written to a temporary and renamed over the log: a kill or a full disk midway leaves the old
+    log whole. Kept records keep their bytes; lines a kill cut short go."""
+    keep = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and record.get("step", 0) <= step:
+                keep.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, lambda out: out.writelines(keep), binary=False)
+
+
+def remove_superseded_interrupted(run_dir: str, step: int) -> None:
+    """Drop interrupted checkpoints holding no more progress than `step`, which a checkpoint just
+    written holds; one from further on (a run resumed from an earlier checkpoint) stays."""
+    for path in ckpt.interrupted_checkpoints(run_dir):
+        saved = ckpt.checkpoint_step(path)
+        if saved is not None and saved <= step:
+            ckpt.remove(path)
