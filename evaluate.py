@@ -154,7 +154,7 @@ def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str, prefix_
 def load_tokens(path: str, tokenizer, text_field: str, text_unit: str, prefix_field=None) -> tuple:
     if path.endswith(".bin"):
         token_bin = TokenBin(path)
-        token_bin.check_tokenizer(tokenizer.fingerprint())
+        token_bin.check_tokenizer(tokenizer.fingerprint(), tokenizer.vocab_size)
         if prefix_field:
             token_bin.prompt_lengths = prefix_lengths(path, prefix_field)
         return token_bin, {}

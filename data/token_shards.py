@@ -70,8 +70,9 @@ class ShardedBin:
             base += len(b)
         return np.concatenate(out)
 
-    def check_tokenizer(self, fingerprint: str) -> None:
-        self.shards[0].check_tokenizer(fingerprint)
+    def check_tokenizer(self, fingerprint: str, vocab_size=None) -> None:
+        for shard in self.shards if vocab_size is not None else self.shards[:1]:
+            shard.check_tokenizer(fingerprint, vocab_size)
 
 
 def manifest_shards(path: str, split: str) -> list:

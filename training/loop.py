@@ -132,7 +132,7 @@ class Trainer:
         val_bin = open_bin(paths["val_bin"], "val") if paths.get("val_bin") else None
         for b in (train_bin, val_bin):
             if b is not None:
-                b.check_tokenizer(self.fingerprint)
+                b.check_tokenizer(self.fingerprint, self.tokenizer.vocab_size)
         if self.init is not None:
             model_dict = self.init.model_settings(cfg.model, {k for s, k in cfg.cli_keys if s == "model"}, self.say)
         else:
