@@ -152,7 +152,7 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
     remove_stale_temporaries(out_dir)
     manifest = {"format": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer.fingerprint(),
                 "settings": {k: v for k, v in settings.items() if k != "chunk_size"},  # (never changes the bytes)
-                "shard_mb": shard_mb,
+                "shard_mb": shard_mb, "n_shards": len(pieces),  # (a reader spots a lost entry by the count)
                 "shards": [{"train": shard_name("train", p["index"]), "val": shard_name("val", p["index"]),
                             "input": [p["path"], p["start"], p["end"]]} for p in pieces]}
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
