@@ -70,6 +70,9 @@ class ShardedBin:
             base += len(b)
         return np.concatenate(out)
 
+    def identity(self) -> list:
+        return [entry for b in self.shards for entry in b.identity()]
+
     def check_tokenizer(self, fingerprint: str, vocab_size=None) -> None:
         for shard in self.shards if vocab_size is not None else self.shards[:1]:
             shard.check_tokenizer(fingerprint, vocab_size)

@@ -28,7 +28,7 @@ from training.optim import allocate_state, build_optimizer, is_fused
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
 from training.run_dir import find_resume_path, prepare_run_dir
-from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
+from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
 from training.schedule import LRScheduler, resolve_warmup
 from training.signals import StopSignals
 from training.throughput import head_fraction, mfu, peak_flops
@@ -102,7 +102,8 @@ class Trainer:
         self.nan_guard = NaNGuard(t.max_nan_steps, device)
         self.parts = StateParts(model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler, progress=self.progress, early_stopping=self.early,
-                                nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress))
+                                nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress),
+                                data=self.data_identity)
         if self.ema is not None:
             self.parts["ema"] = self.ema
 
@@ -180,6 +181,8 @@ class Trainer:
             self.say("note: no validation data (data.val_ratio 0 or no data.val_bin): no evaluations, no best.pth and "
                      "no early stopping; checkpoints are written as usual")
         self.order = SampleOrder(len(self.train_windows), t.seed)
+        self.data_identity = DataIdentity(train_bin.identity(), seq_len, t.seed, t.batch_size, t.accumulation_steps,
+                                          self.info.world_size, self.say)
         meta = (val_bin or train_bin).meta
         self.bytes_per_token = meta["n_text_bytes"] / max(1, meta["n_tokens"])
         self.global_batch = t.batch_size * t.accumulation_steps * self.info.world_size
@@ -245,6 +248,9 @@ class Trainer:
         if self.ema is not None and state.get("ema") is None:
             self.say(f"note: {path} has no EMA weights; EMA starts from the current weights")
             rest.pop("ema")
+        if state.get("data") is None:  # written before checkpoints recorded their data
+            self.say(f"note: {path} does not record its training data; the data is not compared")
+            rest.pop("data")
         saved_schedule = dict(state["scheduler"].get("schedule", {}))
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)
