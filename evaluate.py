@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a processed .bin, a JSONL file, or a .txt / .md file")
     p.add_argument("--text_field", default="text", help="JSONL: the field holding the text")
     p.add_argument("--text_unit", choices=TEXT_UNITS, default="paragraph",
-                   help=".txt / .md: one document per blank-line-separated paragraph (default) or per line")
+                   help=".txt / .md: one document per blank-line-separated paragraph (default), per line, or per file")
     p.add_argument("--max_batches", type=int, default=0, help="evaluate at most this many batches (0 = all)")
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"windows per batch (default {BATCH_SIZE})")
     p.add_argument("--seq_len", type=int, default=None,

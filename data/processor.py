@@ -27,7 +27,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_arg_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m data.processor",
                        description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
-    p.add_argument("inputs", nargs="+", help="JSONL, .txt, .md or .parquet files, directories written by a "
+    p.add_argument("inputs", nargs="+", help="JSONL, .json arrays of objects, .txt, .md or .parquet files, "
+                                             "directories written by a "
                                              "Hugging Face dataset's save_to_disk, or globs")
     p.add_argument("--out_dir", required=True, help="where tokenizer.json, train.bin, val.bin and stats go")
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer.json or Hugging Face directory "
@@ -40,8 +41,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--max_length", type=int, default=10_000_000,
                    help="longest document kept, in characters (tokenizer training skips longer ones too)")
     p.add_argument("--min_chars", type=int, default=1, help="shortest document kept, in characters")
-    p.add_argument("--text_unit", choices=["paragraph", "line"], default="paragraph",
-                   help=".txt/.md inputs: one document per blank-line-separated paragraph (default) or per line")
+    p.add_argument("--text_unit", choices=["paragraph", "line", "file"], default="paragraph",
+                   help=".txt/.md inputs: one document per blank-line-separated paragraph (default), per line, or "
+                        "per file (a folder of Markdown pages: each file one document)")
     p.add_argument("--prefix_field", default=None,
                    help="JSONL: the field holding each record's prompt, stored before its text as one document; "
                         "train.bin.prefix / val.bin.prefix record where each prompt ends (prefix-LM training)")

@@ -54,7 +54,8 @@ def plan(files, shard_bytes: int, text_unit: str) -> list:
     for path in files:
         size = input_size(path)
         bounds = [0]
-        if not is_row_source(path) and shard_bytes > 0:
+        whole = is_plain_text(path) and text_unit == "file"  # one document: never cut
+        if not is_row_source(path) and not whole and shard_bytes > 0:
             for at in range(shard_bytes, size, shard_bytes):
                 b = _next_boundary(path, at, text_unit)
                 if bounds[-1] < b < size:

@@ -22,7 +22,7 @@ class DataConfig:
     inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
     text_field: str = "text"              # JSONL inputs; .txt / .md inputs are plain text
-    text_unit: str = "paragraph"          # plain text: one document per paragraph or per line
+    text_unit: str = "paragraph"          # plain text: one document per paragraph, per line or per file
     min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
     max_length: int = 10_000_000          # longer documents are dropped (counted as too_long)
     seq_len: Optional[int] = None         # training window length; None: model.max_seq_len (may be shorter)
