@@ -53,8 +53,8 @@ def test_a_document_of_one_huge_word_does_not_stall_tokenizer_training(tmp_path)
     assert "tokenizer: reading" in proc.stderr and "training BPE merges" in proc.stderr  # long work shows progress
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     assert sorted(stored_documents(tmp_path / "o")) == sorted(texts)  # the processor keeps every word whole
-    # --max_length applies to tokenizer training too: the huge documents are not read at all.
-    proc = processor(corpus, "--out_dir", tmp_path / "m", "--vocab_size", "400", "--max_length", "100000")
+    # --max_chars applies to tokenizer training too: the huge documents are not read at all.
+    proc = processor(corpus, "--out_dir", tmp_path / "m", "--vocab_size", "400", "--max_chars", "100000")
     assert proc.returncode == 0 and "document(s) to" not in proc.stdout, proc.stdout
 
 

@@ -145,7 +145,12 @@ class Trainer:
         cfg.model = model_dict
         self.model_config = cfg.model_config(self.tokenizer.vocab_size)
         objective = self.model_config.objective
-        self.seq_len = seq_len = cfg.data.seq_len or self.model_config.max_seq_len
+        recorded = train_bin.meta.get("sample_length")  # the processor's max_length, in tokens
+        fits = recorded is not None and recorded <= self.model_config.max_seq_len
+        if recorded and not fits and not cfg.data.seq_len:
+            self.say(f"note: the data was processed for samples of {recorded} tokens (max_length), longer than the "
+                     f"model's context ({self.model_config.max_seq_len}): windows are the context's length")
+        self.seq_len = seq_len = cfg.data.seq_len or (recorded if fits else self.model_config.max_seq_len)
         if seq_len > self.model_config.max_seq_len:
             raise ConfigError(f"data.seq_len {seq_len} is longer than the model's context (model.max_seq_len "
                               f"{self.model_config.max_seq_len})")
