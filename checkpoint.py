@@ -18,7 +18,8 @@ Format 2:
     <part>                 one entry per part of the run's state, each the part's state_dict():
                            model, ema (with --use_ema), and for kind "train" also optimizer,
                            scheduler, scaler, progress, rng (a list, one per rank),
-                           early_stopping, nan_guard, ...
+                           early_stopping, nan_guard, data (the training data's identity, seq_len, seed
+                           and batch layout: a resume on other tokens is refused), ...
 
 A sharded checkpoint (--fsdp) is a directory NAME.dcp written by every rank at once:
     meta.pth               this same dict, each sharded tensor replaced by a marker

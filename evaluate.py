@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a processed .bin, a JSONL file, or a .txt / .md file")
     p.add_argument("--text_field", default="text", help="JSONL: the field holding the text")
     p.add_argument("--text_unit", choices=TEXT_UNITS, default="paragraph",
-                   help=".txt / .md: one document per blank-line-separated paragraph (default) or per line")
+                   help=".txt / .md: one document per blank-line-separated paragraph (default), per line, or per file")
     p.add_argument("--max_batches", type=int, default=0, help="evaluate at most this many batches (0 = all)")
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"windows per batch (default {BATCH_SIZE})")
     p.add_argument("--seq_len", type=int, default=None,
@@ -154,7 +154,7 @@ def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str, prefix_
 def load_tokens(path: str, tokenizer, text_field: str, text_unit: str, prefix_field=None) -> tuple:
     if path.endswith(".bin"):
         token_bin = TokenBin(path)
-        token_bin.check_tokenizer(tokenizer.fingerprint())
+        token_bin.check_tokenizer(tokenizer.fingerprint(), tokenizer.vocab_size)
         if prefix_field:
             token_bin.prompt_lengths = prefix_lengths(path, prefix_field)
         return token_bin, {}

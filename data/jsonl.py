@@ -14,6 +14,16 @@ REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "m
                   "empty_text", "contains_nul", "too_long", "too_short")
 
 
+def saved_splits(path: str) -> list:
+    """The splits of a DatasetDict directory (its dataset_dict.json), found as saved datasets; else []."""
+    try:
+        with open(os.path.join(path, "dataset_dict.json"), encoding="utf-8") as f:
+            names = json.load(f).get("splits", [])
+    except (OSError, ValueError, AttributeError):
+        names = sorted(os.listdir(path)) if os.access(path, os.R_OK) else []
+    return [n for n in names if isinstance(n, str) and is_saved_dataset(os.path.join(path, n))]
+
+
 def expand_inputs(patterns) -> list:
     """Files (or save_to_disk dataset directories) named or matched by globs, in the given order (each
     glob sorted), each once."""
@@ -24,6 +34,10 @@ def expand_inputs(patterns) -> list:
             raise DataError(f"no file matches {pattern!r}")
         for m in matches:
             if os.path.isdir(m) and not is_saved_dataset(m):
+                splits = saved_splits(m)
+                if splits:
+                    raise DataError(f"{m} is a DatasetDict saved by save_to_disk, with splits {', '.join(splits)}: pass "
+                                    f"one split's directory, e.g. {os.path.join(m, splits[0])}")
                 raise DataError(f"{m} is a directory, not a dataset saved by datasets' save_to_disk (no state.json); "
                                 "name its files, or a glob of them")
             if not os.path.isfile(m) and not is_saved_dataset(m):
@@ -59,6 +73,11 @@ def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
         obj = json.loads(decoded)
     except ValueError:
         return None, "invalid_json"
+    return parse_object(obj, text_field, max_chars, prefix_field)
+
+
+def parse_object(obj, text_field: str, max_chars: int, prefix_field=None):
+    """parse_line's checks on one decoded JSON value (a line of JSONL, an element of a JSON array)."""
     if not isinstance(obj, dict):
         return None, "not_object"
     if text_field not in obj:

@@ -83,7 +83,7 @@ class _Split:
 
 
 def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, text_field: str, prefix_field: str, seed: int,
-                          val_ratio: float, max_length: int, min_chars: int, text_unit: str,
+                          val_ratio: float, max_chars: int, min_chars: int, text_unit: str,
                           show_progress: bool = True) -> None:
     """Write <bin>.prefix for bin_paths {"train": ..., "val": ...} unless up-to-date ones exist.
     The reading settings must be the ones the processor used for those files."""
@@ -95,7 +95,7 @@ def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, text_field: str, p
     bar = tqdm(total=sum(int(s.bin.meta["n_docs"]) for s in splits.values()), unit=" docs", desc="prompt lengths",
                disable=not show_progress)
     for path in expand_inputs(inputs):
-        for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_length, min_chars, text_unit,
+        for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_chars, min_chars, text_unit,
                                                           prefix_field):
             if text is None:
                 continue

@@ -14,9 +14,10 @@ from data.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 
-def _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit, prefix_field=None) -> dict:
+def _tokenizer_recipe(files, vocab_size, text_field, max_chars, min_chars, text_unit, prefix_field=None) -> dict:
+    # ("max_length" is the character cap's old name, kept as the key so existing tokenizers stay reused)
     return {"inputs": [[os.path.abspath(f), input_size(f)] for f in files], "vocab_size": vocab_size,
-            "text_field": text_field, "max_length": max_length, "min_chars": min_chars, "text_unit": text_unit,
+            "text_field": text_field, "max_length": max_chars, "min_chars": min_chars, "text_unit": text_unit,
             **({"prefix_field": prefix_field} if prefix_field else {})}
 
 
@@ -32,19 +33,19 @@ def _read_recipe(path: str):
         return None
 
 
-def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 10_000_000, min_chars: int = 1,
+def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_chars: int = 10_000_000, min_chars: int = 1,
                      text_unit: str = "paragraph", prefix_field=None) -> str:
     """out_dir/tokenizer.json, trained unless one made from the same recipe is already there (with
     prefix_field, on the prompts too: they are part of every document)."""
     path = os.path.join(out_dir, "tokenizer.json")
     recipe_path = path + ".recipe.json"
-    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_length, min_chars, text_unit, prefix_field)
+    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_chars, min_chars, text_unit, prefix_field)
     if os.path.exists(path) and _read_recipe(recipe_path) == recipe:
         return path
     check_writable_dir(out_dir, "output directory")
     started = time.perf_counter()
     print(f"tokenizer: training byte-level BPE ({vocab_size} tokens) on {len(files)} file(s)...", flush=True)
-    tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_length=max_length,
+    tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_chars=max_chars,
                           min_chars=min_chars, text_unit=text_unit, prefix_field=prefix_field)
     write_json_atomic(recipe_path, recipe)
     print(f"tokenizer: byte-level BPE, {tok.vocab_size} tokens, trained in {time.perf_counter() - started:.1f}s -> {path}")
@@ -54,18 +55,18 @@ def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length: int = 1
 def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str = "text", val_ratio: float = 0.05,
                    prefix_field=None,
                    tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
-                   max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
-                   word_starts: bool = False) -> dict:
+                   max_chars: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
+                   word_starts: bool = False, max_length=None) -> dict:
     files = expand_inputs(inputs)
-    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_length=max_length, min_chars=min_chars,
+    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_chars=max_chars, min_chars=min_chars,
                    text_unit=text_unit)
     check_writable_dir(out_dir, "output directory")  # before any work
     if tokenizer_path:
         load_tokenizer(tokenizer_path)  # fail early with its own message
     else:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_length, min_chars, text_unit,
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_chars, min_chars, text_unit,
                                           prefix_field)
-    processor = DataProcessor(tokenizer_path, max_length=max_length, chunk_size=chunk_size, text_field=text_field,
+    processor = DataProcessor(tokenizer_path, max_length=max_length, max_chars=max_chars, chunk_size=chunk_size, text_field=text_field,
                               val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit,
                               prefix_field=prefix_field)
     paths = processor.process_dataset(files, os.path.join(out_dir, "train.bin"), resume=resume)
@@ -76,7 +77,7 @@ def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str
         raise nothing_usable(files, s["documents_read"], s["rejected"], text_field)
     if prefix_field:  # where each document's prompt ends, for prefix-LM training
         ensure_prefix_lengths(files, {"train": paths["train"], "val": paths["val"]}, load_tokenizer(tokenizer_path),
-                              text_field, prefix_field, seed, val_ratio, max_length, min_chars, text_unit)
+                              text_field, prefix_field, seed, val_ratio, max_chars, min_chars, text_unit)
     if word_starts:  # whole-word masking's word boundaries, computed now so training pays nothing for them
         tokenizer = load_tokenizer(tokenizer_path)
         for split in ("train", "val"):

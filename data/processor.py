@@ -27,7 +27,8 @@ class _OneLineParser(argparse.ArgumentParser):
 def build_arg_parser() -> argparse.ArgumentParser:
     p = _OneLineParser(prog="python -m data.processor",
                        description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
-    p.add_argument("inputs", nargs="+", help="JSONL, .txt, .md or .parquet files, directories written by a "
+    p.add_argument("inputs", nargs="+", help="JSONL, .json arrays of objects, .txt, .md or .parquet files, "
+                                             "directories written by a "
                                              "Hugging Face dataset's save_to_disk, or globs")
     p.add_argument("--out_dir", required=True, help="where tokenizer.json, train.bin, val.bin and stats go")
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer.json or Hugging Face directory "
@@ -37,11 +38,15 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--val_ratio", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--chunk_size", type=int, default=2048, help="documents tokenized per batch")
-    p.add_argument("--max_length", type=int, default=10_000_000,
+    p.add_argument("--max_length", type=int, default=None,
+                   help="length in tokens of the training samples (recorded for train.py's data.seq_len); "
+                        "no document is dropped for it: long ones pack across samples")
+    p.add_argument("--max_chars", type=int, default=10_000_000,
                    help="longest document kept, in characters (tokenizer training skips longer ones too)")
     p.add_argument("--min_chars", type=int, default=1, help="shortest document kept, in characters")
-    p.add_argument("--text_unit", choices=["paragraph", "line"], default="paragraph",
-                   help=".txt/.md inputs: one document per blank-line-separated paragraph (default) or per line")
+    p.add_argument("--text_unit", choices=["paragraph", "line", "file"], default="paragraph",
+                   help=".txt/.md inputs: one document per blank-line-separated paragraph (default), per line, or "
+                        "per file (a folder of Markdown pages: each file one document)")
     p.add_argument("--prefix_field", default=None,
                    help="JSONL: the field holding each record's prompt, stored before its text as one document; "
                         "train.bin.prefix / val.bin.prefix record where each prompt ends (prefix-LM training)")
@@ -66,7 +71,8 @@ def main(argv=None) -> int:
         return _sharded(args)
     prepare_corpus(args.inputs, args.out_dir, vocab_size=args.vocab_size, text_field=args.text_field,
                    val_ratio=args.val_ratio, tokenizer_path=args.tokenizer, seed=args.seed,
-                   chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length,
+                   chunk_size=args.chunk_size, resume=args.resume, max_chars=args.max_chars,
+                   max_length=args.max_length,
                    prefix_field=args.prefix_field,
                    min_chars=args.min_chars, text_unit=args.text_unit, word_starts=args.word_starts)
     return 0
@@ -84,7 +90,7 @@ def _sharded(args) -> int:
                     shard_index=args.shard_index or 0, shard_mb=256.0 if args.shard_mb is None else args.shard_mb,
                     resume=args.resume,
                     settings=dict(text_field=args.text_field, val_ratio=args.val_ratio, seed=args.seed,
-                                  chunk_size=args.chunk_size, max_length=args.max_length, min_chars=args.min_chars,
+                                  chunk_size=args.chunk_size, max_length=args.max_length, max_chars=args.max_chars, min_chars=args.min_chars,
                                   text_unit=args.text_unit))
     return 0
 

@@ -54,7 +54,8 @@ def plan(files, shard_bytes: int, text_unit: str) -> list:
     for path in files:
         size = input_size(path)
         bounds = [0]
-        if not is_row_source(path) and shard_bytes > 0:
+        whole = is_plain_text(path) and text_unit == "file"  # one document: never cut
+        if not is_row_source(path) and not whole and shard_bytes > 0:
             for at in range(shard_bytes, size, shard_bytes):
                 b = _next_boundary(path, at, text_unit)
                 if bounds[-1] < b < size:
@@ -152,7 +153,7 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
     remove_stale_temporaries(out_dir)
     manifest = {"format": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer.fingerprint(),
                 "settings": {k: v for k, v in settings.items() if k != "chunk_size"},  # (never changes the bytes)
-                "shard_mb": shard_mb,
+                "shard_mb": shard_mb, "n_shards": len(pieces),  # (a reader spots a lost entry by the count)
                 "shards": [{"train": shard_name("train", p["index"]), "val": shard_name("val", p["index"]),
                             "input": [p["path"], p["start"], p["end"]]} for p in pieces]}
     write_json_atomic(os.path.join(out_dir, MANIFEST), manifest)
@@ -174,13 +175,13 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
 
     files = expand_inputs(inputs)
     check_settings(chunk_size=settings["chunk_size"], val_ratio=settings["val_ratio"],
-                   max_length=settings["max_length"], min_chars=settings["min_chars"], text_unit=settings["text_unit"])
+                   max_chars=settings["max_chars"], min_chars=settings["min_chars"], text_unit=settings["text_unit"])
     check_writable_dir(out_dir, "output directory")
     if num_shards > 1 and not tokenizer_path:
         raise DataError("--num_shards splits the job over machines, which must share one tokenizer: train it once "
                         "(python -m data.processor ... without --num_shards) and pass --tokenizer")
     if not tokenizer_path:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, settings["text_field"], settings["max_length"],
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, settings["text_field"], settings["max_chars"],
                                           settings["min_chars"], settings["text_unit"])
     summary = process_sharded(files, out_dir, tokenizer_path, settings, workers=workers, num_shards=num_shards,
                               shard_index=shard_index, shard_mb=shard_mb, resume=resume)
@@ -193,6 +194,10 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
     if summary["results"] and kept == 0:
         raise nothing_usable(files, read, rejected, settings["text_field"])
     split_tokens = {s: sum(r["stats"]["splits"][s]["tokens"] for r in summary["results"]) for s in ("train", "val")}
+    from data.packer import rejection_note
+    note = rejection_note({"documents_read": read, "rejected": rejected}, settings["max_chars"])
+    if note:
+        print(note)
     print(f"processed {len(summary['processed'])} of {summary['pieces']} shards ({workers} worker(s)): {read} documents, "
           f"kept {kept}; train {split_tokens['train']} tokens, val {split_tokens['val']} tokens in "
           f"{summary['seconds']:.1f}s -> {summary['manifest']}")

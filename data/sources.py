@@ -8,23 +8,56 @@ import os
 
 from data.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
 from data.errors import DataError
-from data.jsonl import expand_inputs, iter_lines, parse_line
+from data.jsonl import expand_inputs, iter_lines, parse_line, parse_object
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")
-TEXT_UNITS = ("paragraph", "line")
+TEXT_UNITS = ("paragraph", "line", "file")
 
 
 def is_plain_text(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in TEXT_EXTENSIONS
 
 
+def is_json_array(path: str) -> bool:
+    """A .json file whose first non-space character is '[': an array of documents (objects)."""
+    if not path.lower().endswith(".json") or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(1 << 16).removeprefix(b"\xef\xbb\xbf").lstrip()
+    except OSError:
+        return False
+    return head[:1] == b"["
+
+
+def _json_array(path: str) -> list:
+    """The whole array (loaded at once: json has no cheap streaming reader; such files are small)."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return json.load(f)
+    except OSError as e:
+        raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
+    except ValueError as e:  # (UnicodeDecodeError included)
+        raise DataError(f"{path} starts a JSON array but is not valid JSON ({str(e).splitlines()[0][:120]})") from None
+
+
+def _array_records(path: str, start: int, text_field: str, max_chars: int, prefix_field):
+    """(text, reason, position after, bytes) per element from element `start`: positions are indices."""
+    items = _json_array(path)
+    for i in range(start, len(items)):
+        text, reason = parse_object(items[i], text_field, max_chars, prefix_field)
+        yield text, reason, i + 1, len(text.encode("utf-8")) if text is not None else 0
+
+
 def is_row_source(path: str) -> bool:
-    """Parquet or a saved dataset: positions are row numbers, not byte offsets."""
-    return is_columnar(path)
+    """Parquet, a saved dataset or a JSON array: positions are row numbers, not byte offsets."""
+    return is_columnar(path) or is_json_array(path)
 
 
 def input_size(path: str) -> int:
-    return columnar_size(path) if is_columnar(path) else os.path.getsize(path)
+    if is_columnar(path):
+        return columnar_size(path)
+    return len(_json_array(path)) if is_json_array(path) else os.path.getsize(path)
 
 
 def input_stamp(path: str) -> list:
@@ -36,8 +69,28 @@ def input_stamp(path: str) -> list:
     return [input_size(path), max(stamps + [os.stat(f).st_mtime_ns for f in dataset_files(path)])]
 
 
+def _file_record(path: str, start: int):
+    """The whole file as one document (--text_unit file); nothing left once past its start."""
+    if start > 0:
+        return
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"cannot read input file {path}: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError:
+        yield None, "invalid_utf8", len(raw), len(raw)
+        return
+    yield (text, None, len(raw), len(raw)) if text.strip() else (None, "empty_text", len(raw), len(raw))
+
+
 def _text_records(path: str, start: int, unit: str):
     """(text or None, reason or None, offset after, bytes read) for a plain-text file."""
+    if unit == "file":
+        yield from _file_record(path, start)
+        return
     lines, size, first = [], 0, start == 0
     for raw, offset in iter_lines(path, start):
         size += len(raw)
@@ -72,6 +125,8 @@ def iter_records(path: str, start: int = 0, text_field: str = "text", max_chars:
         if prefix_field is not None:
             raise DataError(f"{path}: --prefix_field reads a prompt field of JSONL records; a plain-text file has none")
         records = _text_records(path, start, text_unit)
+    elif is_json_array(path):
+        records = _array_records(path, start, text_field, max_chars, prefix_field)
     else:
         records = ((*parse_line(raw, text_field, max_chars, prefix_field), offset, len(raw))
                    for raw, offset in iter_lines(path, start))

@@ -70,8 +70,30 @@ class ShardedBin:
             base += len(b)
         return np.concatenate(out)
 
-    def check_tokenizer(self, fingerprint: str) -> None:
-        self.shards[0].check_tokenizer(fingerprint)
+    def identity(self) -> list:
+        return [entry for b in self.shards for entry in b.identity()]
+
+    def check_tokenizer(self, fingerprint: str, vocab_size=None) -> None:
+        for shard in self.shards if vocab_size is not None else self.shards[:1]:
+            shard.check_tokenizer(fingerprint, vocab_size)
+
+
+def _check_complete(path: str, manifest: dict) -> None:
+    """The entries still cover every input, in order: a manifest that lost an entry (edited, or
+    merged by hand) would otherwise train on part of the corpus without a word."""
+    shards, expected = manifest["shards"], manifest.get("n_shards")  # (absent from older manifests)
+    if expected is not None and len(shards) != expected:
+        raise DataError(f"{path} lists {len(shards)} shards but was written with {expected}: an entry was lost; "
+                        "write it again with python -m data.processor (same command: finished shards are reused)")
+    previous = (None, 0)  # (input, byte where the next shard of that input must start)
+    for position, shard in enumerate(shards):
+        source, start, end = shard.get("input", (None, 0, 0))
+        due = previous[1] if source == previous[0] else 0
+        if source is not None and start != due:
+            raise DataError(f"{path}: no entry covers bytes {due}-{start} of {os.path.basename(str(source))} (before "
+                            f"entry {position}, {shard.get('train')}): an entry was lost; write it again with "
+                            "python -m data.processor")
+        previous = (source, end)
 
 
 def manifest_shards(path: str, split: str) -> list:
@@ -83,6 +105,7 @@ def manifest_shards(path: str, split: str) -> list:
         raise DataError(f"cannot read the manifest {path}: {e.strerror or e}") from None
     except (ValueError, KeyError, TypeError):
         raise DataError(f"{path} is not a shard manifest written by python -m data.processor") from None
+    _check_complete(path, manifest)
     paths = [os.path.join(os.path.dirname(os.path.abspath(path)), n) for n in names]
     missing = [n for n, p in zip(names, paths) if not os.path.exists(p + ".meta.json")]
     if missing:

@@ -176,7 +176,7 @@ def _bound_run(match) -> str:
     return " ".join(run[i:i + TRAIN_MAX_WORD] for i in range(0, len(run), TRAIN_MAX_WORD))
 
 
-def training_texts(files, text_field: str, max_length: int, counts: dict, min_chars: int = 1,
+def training_texts(files, text_field: str, max_chars: int, counts: dict, min_chars: int = 1,
                    text_unit: str = "paragraph", prefix_field=None):
     """The corpus as tokenizer training reads it: records the processor would reject skipped (and
     counted by reason), each document cut to TRAIN_MAX_DOC characters, runs over TRAIN_MAX_WORD bounded.
@@ -184,7 +184,7 @@ def training_texts(files, text_field: str, max_length: int, counts: dict, min_ch
     from tqdm import tqdm
     with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
         for path in expand_inputs(files):
-            for text, reason, _, _ in iter_records(path, 0, text_field, max_length, min_chars, text_unit,
+            for text, reason, _, _ in iter_records(path, 0, text_field, max_chars, min_chars, text_unit,
                                                    prefix_field):
                 counts["read"] += 1
                 if text is None:
@@ -205,7 +205,7 @@ def training_texts(files, text_field: str, max_length: int, counts: dict, min_ch
 
 
 def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
-                    max_length: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
+                    max_chars: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
                     say=print, prefix_field=None) -> Tokenizer:
     if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
         raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
@@ -217,7 +217,7 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
     counts = {"read": 0, "rejected": {}, "documents": 0, "characters": 0, "documents_cut": 0, "words_cut": 0}
-    texts = training_texts(files, text_field, max_length, counts, min_chars, text_unit, prefix_field)
+    texts = training_texts(files, text_field, max_chars, counts, min_chars, text_unit, prefix_field)
     backend.train_from_iterator(texts, trainer=trainer)
     if not counts["documents"]:  # a tokenizer of bytes alone would be of no use: say why instead
         raise nothing_usable(expand_inputs(files), counts["read"], counts["rejected"], text_field)

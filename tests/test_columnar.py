@@ -149,6 +149,13 @@ def test_bad_columnar_inputs_are_one_line(inputs, tmp_path):
     (tmp_path / "plain_dir").mkdir()
     proc = process(root, str(tmp_path / "plain_dir"), tmp_path / "c")
     assert one_error_line(proc) and "state.json" in proc.stderr, proc.stderr
+    # A DatasetDict root (save_to_disk of several splits): the error names the splits found.
+    write_saved_dataset(tmp_path / "dd" / "train", ["a", "b"], files=1)
+    write_saved_dataset(tmp_path / "dd" / "test", ["c"], files=1)
+    (tmp_path / "dd" / "dataset_dict.json").write_text(json.dumps({"splits": ["train", "test"]}))
+    proc = process(root, str(tmp_path / "dd"), tmp_path / "e")
+    assert one_error_line(proc) and "DatasetDict saved by save_to_disk, with splits train, test" in proc.stderr \
+        and str(tmp_path / "dd" / "train") in proc.stderr, proc.stderr
     ints = write_parquet(tmp_path / "ints.parquet", ["x"])
     pq.write_table(pa.table({"text": [1, 2, 3]}), ints)
     proc = process(root, ints, tmp_path / "d")

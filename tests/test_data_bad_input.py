@@ -53,8 +53,8 @@ def test_a_document_of_one_huge_word_does_not_stall_tokenizer_training(tmp_path)
     assert "tokenizer: reading" in proc.stderr and "training BPE merges" in proc.stderr  # long work shows progress
     texts = [json.loads(line)["text"] for line in corpus.read_text().splitlines()]
     assert sorted(stored_documents(tmp_path / "o")) == sorted(texts)  # the processor keeps every word whole
-    # --max_length applies to tokenizer training too: the huge documents are not read at all.
-    proc = processor(corpus, "--out_dir", tmp_path / "m", "--vocab_size", "400", "--max_length", "100000")
+    # --max_chars applies to tokenizer training too: the huge documents are not read at all.
+    proc = processor(corpus, "--out_dir", tmp_path / "m", "--vocab_size", "400", "--max_chars", "100000")
     assert proc.returncode == 0 and "document(s) to" not in proc.stdout, proc.stdout
 
 
@@ -142,3 +142,47 @@ def test_data_package_has_no_import_cycle():
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr  # prepare needs only the packer
     assert os.path.exists(os.path.join(ROOT, "data", "fault_points.py"))
+
+
+def _hand_bin(tmp_path, tokens, meta_changes=(), vocab_size=300):
+    """A token file, its offsets and a sidecar as the processor writes them, then meta_changes applied."""
+    from data.token_bin import FORMAT_VERSION
+    import numpy as np
+    path = tmp_path / "train.bin"
+    np.asarray(tokens, dtype="<u2").tofile(path)
+    np.asarray([0, len(tokens)], dtype="<u8").tofile(str(path) + ".idx")
+    meta = {"format": FORMAT_VERSION, "dtype": "uint16", "n_tokens": len(tokens), "n_docs": 1, "n_text_bytes": 40,
+            "n_characters": 40, "vocab_size": vocab_size, "eos_id": 0, "split": "train",
+            "tokenizer_fingerprint": "fp", "signature": {}}
+    meta.update(meta_changes)
+    (tmp_path / "train.bin.meta.json").write_text(json.dumps(meta))
+    return str(path)
+
+
+@pytest.mark.parametrize("lie, fragment", [
+    ({"dtype": "uint32", "n_tokens": 5}, "does not describe"),           # the size still adds up
+    ({"dtype": "uint32", "n_tokens": 5, "vocab_size": 70000}, "does not match"),  # the .idx says 10 tokens
+    ({"dtype": "float32", "n_tokens": 5}, "token files are uint16 or uint32"),
+    ({"n_docs": 3}, "does not match"),
+    ({"n_tokens": "ten"}, "non-number"),
+])
+def test_a_sidecar_that_does_not_describe_its_file_is_one_line(tmp_path, lie, fragment):
+    from data.errors import DataError
+    path = _hand_bin(tmp_path, list(range(10)), lie)
+    with pytest.raises(DataError) as e:
+        TokenBin(path)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_token_ids_beyond_the_vocabulary_are_refused_before_work(tmp_path):
+    from data.errors import DataError
+    from data.token_shards import open_bin
+    path = _hand_bin(tmp_path, [5, 7, 299, 300, 2])
+    b = open_bin(path)
+    b.check_tokenizer("fp")  # the fingerprint alone does not read the tokens
+    with pytest.raises(DataError, match="holds token id 300, beyond the tokenizer's vocabulary of 300"):
+        b.check_tokenizer("fp", 300)
+    with pytest.raises(DataError, match="says a vocabulary of 300, the tokenizer has 512"):
+        b.check_tokenizer("fp", 512)
+    good = _hand_bin(tmp_path, [5, 7, 299])
+    TokenBin(good).check_tokenizer("fp", 300)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,3 +209,29 @@ def test_bad_inputs_are_one_line_exit_2(env, capsys, tmp_path):
     capsys.readouterr()
     code, out, err = in_process(capsys, "--model_path", env["clm_path"], "--data", out_dir / "train.bin")
     assert code == 2 and out == "" and "made with another tokenizer" in one_error_line(err)
+
+
+def test_a_bin_whose_sidecar_lies_or_whose_ids_exceed_the_vocabulary_is_refused(env, capsys, tmp_path):
+    """Before the checks both gave figures with exit 0 (or crashed mid-evaluation)."""
+    tok_path = os.path.join(env["root"], "clm", "tokenizer.json")
+    from data.processor import main as process
+    for name in ("lie", "range"):
+        assert process([env["jsonl"], "--out_dir", str(tmp_path / name), "--tokenizer", tok_path,
+                        "--val_ratio", "0"]) == 0
+    capsys.readouterr()
+    lie = tmp_path / "lie" / "train.bin"
+    meta = json.loads((tmp_path / "lie" / "train.bin.meta.json").read_text())
+    even = meta["n_tokens"] - meta["n_tokens"] % 2
+    with open(lie, "r+b") as f:
+        f.truncate(even * 2)
+    meta.update(dtype="uint32", n_tokens=even // 2)  # the size adds up; the dtype is a lie
+    (tmp_path / "lie" / "train.bin.meta.json").write_text(json.dumps(meta))
+    code, out, err = in_process(capsys, "--model_path", env["clm_path"], "--data", lie)
+    assert code == 2 and out == "" and "does not describe" in one_error_line(err)
+
+    beyond = tmp_path / "range" / "train.bin"
+    tokens = np.fromfile(beyond, dtype="<u2")
+    tokens[7] = env["tok"].vocab_size  # an id the tokenizer does not have (the model's padded rows do)
+    tokens.tofile(beyond)
+    code, out, err = in_process(capsys, "--model_path", env["clm_path"], "--data", beyond)
+    assert code == 2 and out == "" and f"holds token id {env['tok'].vocab_size}, beyond" in one_error_line(err)

@@ -56,7 +56,7 @@ def test_every_bad_line_is_counted_by_reason(tok, tmp_path):
     assert texts[0] == "good one" and texts[1] == "crlf line" and texts[2] == "bom line"
     assert texts[3] == "x" * 3_000_000 and texts[4] == "no final newline"
     assert all(d[-1] == tokenizer.eos_id for d in docs)
-    limited = DataProcessor(str(root / "tokenizer.json"), max_length=1000, show_progress=False)
+    limited = DataProcessor(str(root / "tokenizer.json"), max_chars=1000, show_progress=False)
     limited.process_dataset(corpus, str(tmp_path / "lim" / "train.bin"))
     assert limited.stats["rejected"]["too_long"] == 1
 
@@ -150,3 +150,49 @@ def test_the_processor_does_not_load_torch():
     code = "import sys, data.processor, data.prepare; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
+
+
+def _long_docs(path, n=20, chars=1500):
+    """Documents of about `chars` characters each, as a real corpus's articles are."""
+    words = "the king queen speaks night crown sword love honour death".split()
+    with open(path, "w", encoding="utf-8") as f:
+        for i in range(n):
+            text = " ".join(words[(i + k) % len(words)] for k in range(chars // 6))
+            f.write(json.dumps({"text": f"Doc {i}: {text}"}) + "\n")
+    return str(path)
+
+
+def test_max_length_as_the_reference_writes_it_keeps_long_documents_and_sets_the_sample_length(tok, tmp_path, capsys):
+    """DataProcessor(max_length=512) dropped every document over 512 characters as too_long."""
+    _, root = tok
+    corpus = _long_docs(tmp_path / "long.jsonl")
+    proc = DataProcessor(str(root / "tokenizer.json"), max_length=512, chunk_size=8, show_progress=False)
+    paths = proc.process_dataset(corpus, str(tmp_path / "train.bin"))
+    assert proc.stats["documents_kept"] == 20 and sum(proc.stats["rejected"].values()) == 0
+    train = TokenBin(paths["train"])
+    assert train.meta["sample_length"] == 512 and train.meta["n_tokens"] > 20 * 512 / 2  # whole documents
+    assert "note:" not in capsys.readouterr().out
+    with pytest.raises(DataError, match="max_length is the training sample length in tokens"):
+        DataProcessor(str(root / "tokenizer.json"), max_length=0, show_progress=False)
+
+
+def test_a_run_rejecting_more_than_a_small_share_says_so_at_the_end(tok, tmp_path, capsys):
+    _, root = tok
+    corpus = _long_docs(tmp_path / "long.jsonl", n=10)
+    with open(corpus, "a", encoding="utf-8") as f:
+        for i in range(10):
+            f.write(json.dumps({"text": f"short document {i}"}) + "\n")
+    proc = DataProcessor(str(root / "tokenizer.json"), max_chars=1000, show_progress=False)
+    proc.process_dataset(corpus, str(tmp_path / "train.bin"))
+    out = capsys.readouterr().out
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].startswith('note: 10 of 20 documents (50%) were rejected {"too_long": 10}')
+    assert "max_chars (1,000 characters)" in notes[0]
+    # train.py's data build (data.prepare.prepare_corpus) says it too.
+    from data.prepare import prepare_corpus
+    prepare_corpus([corpus], str(tmp_path / "run"), tokenizer_path=str(root / "tokenizer.json"), max_chars=1000)
+    assert 'note: 10 of 20 documents (50%) were rejected {"too_long": 10}' in capsys.readouterr().out
+    # A few rejections (at most 5%) stay quiet.
+    proc = DataProcessor(str(root / "tokenizer.json"), show_progress=False)
+    proc.process_dataset(corpus, str(tmp_path / "all.bin"))
+    assert "note:" not in capsys.readouterr().out

@@ -167,6 +167,23 @@ def test_a_missing_shard_is_named(corpus, tmp_path):
         open_bin(str(partial / "manifest.json"))
 
 
+@pytest.mark.parametrize("lost", ["second", "last"])
+def test_a_manifest_that_lost_an_entry_is_refused(corpus, tmp_path, lost):
+    """Before the check, a manifest without one of its entries trained on the rest without a word."""
+    _, _, reference = corpus
+    partial = tmp_path / "partial"
+    shutil.copytree(reference, partial)
+    manifest = json.loads((partial / "manifest.json").read_text())
+    assert manifest["shards"][0]["input"][0] == manifest["shards"][1]["input"][0]  # one input cut in two or more
+    del manifest["shards"][1 if lost == "second" else -1]
+    if lost == "second":  # as a manifest written before the count was recorded: the byte ranges show the gap
+        manifest.pop("n_shards", None)
+    (partial / "manifest.json").write_text(json.dumps(manifest))
+    fragment = "no entry covers bytes" if lost == "second" else f"lists {len(manifest['shards'])} shards but"
+    with pytest.raises(DataError, match=fragment):
+        open_bin(str(partial / "manifest.json"))
+
+
 def concatenate(manifest, split, out_path):
     """The one .bin (sidecars included) the manifest's shards add up to."""
     sharded = open_bin(str(manifest), split)

@@ -91,3 +91,10 @@ def test_gradient_checkpointing_is_one_key_the_cli_can_switch_off(tmp_path):
 def test_legacy_local_rank_flag_is_accepted():
     for argv in (["--local-rank=0", "--epochs", "2"], ["--local_rank", "1", "--epochs", "2"]):
         assert parse_cli(argv)[1] == [("train", "epochs", "2")]
+
+
+def test_data_max_length_names_the_character_cap_and_the_sample_length(tmp_path):
+    """data.max_length was a character cap dropping documents; the reference means tokens per sample."""
+    with pytest.raises(ConfigError, match="data.max_length is now data.max_chars .* data.seq_len"):
+        build_config(["--config", write(tmp_path, "data:\n  max_length: 512\n")])
+    assert build_config(["--config", write(tmp_path, "data:\n  max_chars: 512\n")]).data.max_chars == 512

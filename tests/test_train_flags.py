@@ -142,3 +142,21 @@ def test_data_seq_len_trains_shorter_windows_than_the_context(tiny_corpus, run_r
     epoch = {name: [m for m in read_metrics(str(run_root / "out" / name)) if m.get("split") == "train"][-1]["epoch"]
              for name in ("run", "full")}
     assert abs(2 * epoch["run"] - epoch["full"]) < 0.1 * epoch["full"]  # twice the windows of half the length
+
+
+def test_the_processors_max_length_is_the_window_length_when_data_seq_len_is_not_given(tiny_corpus, run_root):
+    """DataProcessor / --max_length (the reference's: tokens per sample) sets the training windows."""
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    cfg = write_config(run_root / "a.yaml", corpus, data_dir, out, run_name="a", max_steps=3, save_interval=3)
+    run_ok(train_cmd("--config", cfg))  # builds the tokenizer
+    tok = os.path.join(data_dir, "tokenizer.json")
+    made = subprocess.run([sys.executable, "-m", "data.processor", corpus, "--out_dir", str(run_root / "d16"),
+                           "--tokenizer", tok, "--max_length", "16"], cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    bins = ["--data.train_bin", str(run_root / "d16" / "train.bin"), "--data.val_bin", str(run_root / "d16" / "val.bin"),
+            "--data.tokenizer_path", tok]
+    p = run_ok(train_cmd("--config", cfg, "--run_name", "b", *bins))
+    assert "x 16 tokens" in p.stdout + p.stderr
+    p = run_ok(train_cmd("--config", cfg, "--run_name", "c", *bins, "--data.seq_len", "24"))
+    assert "x 24 tokens" in p.stdout + p.stderr

@@ -1,11 +1,13 @@
 """Exact resume: a run killed with SIGKILL between checkpoints and resumed is the run that was
 never stopped — same losses after the resume point, bit-identical final weights (CPU, fp32)."""
 import signal
+import subprocess
+import sys
 
 import pytest
 
-from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, start_and_signal, train_cmd,
-                                 weights, write_config)
+from tests.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, start_and_signal,
+                                 train_cmd, weights, write_config, write_corpus)
 
 
 # muon: its momentum buffers and per-group rates, with clipping that bites and the wsd schedule
@@ -46,8 +48,10 @@ def test_resume_with_other_batch_split_continues_the_data_position(tiny_corpus, 
     out = run_root / "out"
     cfg = write_config(run_root / "a.yaml", corpus, data_dir, out, run_name="a", max_steps=8, save_interval=4)
     run_ok(train_cmd("--config", cfg))
-    run_ok(train_cmd("--config", cfg, "--run_name", "b", "--resume_from", str(out / "a" / "checkpoint_step_4.pth"),
-                     "--batch_size", "4", "--accumulation_steps", "2"))
+    p = run_ok(train_cmd("--config", cfg, "--run_name", "b", "--resume_from", str(out / "a" / "checkpoint_step_4.pth"),
+                         "--batch_size", "4", "--accumulation_steps", "2"))
+    assert "the batch is split otherwise than in the checkpoint (batch_size x accumulation_steps x ranks: " \
+           "8 x 1 x 1 -> 4 x 2 x 1); the global batch of 8 and the samples stay the same" in p.stdout + p.stderr
     a, b = losses(str(out / "a")), losses(str(out / "b"))
     assert sorted(b) == [5, 6, 7, 8]
     for step in b:
@@ -77,3 +81,30 @@ def test_wsd_run_resumed_longer_in_its_stable_phase_follows_the_longer_plan(tiny
     # logged step n took step index n - 1: the 8-step plan decayed from index 6, the 12-step one from 9
     short = {r["step"]: r["lr"] for r in read_metrics(str(out / "a"))}
     assert short[8] < 3e-3 and rates[8] == rates[10] == 3e-3 and rates[11] < 3e-3
+
+
+def test_a_resume_on_other_data_is_refused_and_another_global_batch_is_said(tiny_corpus, run_root):
+    """Before the checkpoint recorded its data, both resumed silently: on other samples, or with
+    another batch than the one the schedule and the loss curve were made with."""
+    corpus, data_dir = tiny_corpus
+    out = run_root / "out"
+    cfg = write_config(run_root / "a.yaml", corpus, data_dir, out, run_name="a", max_steps=4, save_interval=4)
+    run_ok(train_cmd("--config", cfg))
+    ckpt = str(out / "a" / "checkpoint_step_4.pth")
+    p = run_ok(train_cmd("--config", cfg, "--run_name", "b", "--resume_from", ckpt, "--max_steps", "5",
+                         "--batch_size", "4"))
+    said = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("note:") and "batch" in line]
+    assert len(said) == 1 and "the global batch differs from the checkpoint's: 8 -> 4 samples per step" in said[0]
+
+    other = run_root / "other.jsonl"
+    write_corpus(other, seed=3)
+    tok = f"{data_dir}/tokenizer.json"
+    made = subprocess.run([sys.executable, "-m", "data.processor", str(other), "--out_dir", str(run_root / "od"),
+                           "--tokenizer", tok, "--val_ratio", "0.1"], cwd=ROOT, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    p = run(train_cmd("--config", cfg, "--run_name", "c", "--resume_from", ckpt, "--data.train_bin",
+                      str(run_root / "od" / "train.bin"), "--data.val_bin", str(run_root / "od" / "val.bin"),
+                      "--data.tokenizer_path", tok), 300)
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error")]
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(errors) == 1, p.stderr[-2000:]
+    assert "the training data differs from the checkpoint's (train.bin: " in errors[0] and " tokens)" in errors[0]

@@ -22,9 +22,9 @@ class DataConfig:
     inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
     text_field: str = "text"              # JSONL inputs; .txt / .md inputs are plain text
-    text_unit: str = "paragraph"          # plain text: one document per paragraph or per line
+    text_unit: str = "paragraph"          # plain text: one document per paragraph, per line or per file
     min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
-    max_length: int = 10_000_000          # longer documents are dropped (counted as too_long)
+    max_chars: int = 10_000_000           # longer documents are dropped (counted as too_long)
     seq_len: Optional[int] = None         # training window length; None: model.max_seq_len (may be shorter)
     vocab_size: int = 4096                # tokenizer size when one is trained
     tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
@@ -126,7 +126,9 @@ SECTIONS = {"data": DataConfig, "train": TrainConfig}
 SHORT_FLAGS = {**{f.name: "train" for f in fields(TrainConfig)}, "gradient_checkpointing": "model"}
 # Model keys a run sets itself: a value given for them would be silently replaced.
 DERIVED_MODEL_KEYS = {"pad_token_id": "the pad id comes from the tokenizer"}
-MOVED_KEYS = {("train", "gradient_checkpointing"): "model.gradient_checkpointing (or --gradient_checkpointing)"}
+MOVED_KEYS = {("train", "gradient_checkpointing"): "model.gradient_checkpointing (or --gradient_checkpointing)",
+              ("data", "max_length"): "data.max_chars (it is a cap in characters that drops longer documents); the "
+                                      "length in tokens of the training samples is data.seq_len"}
 
 
 def _field_type(cls, name):

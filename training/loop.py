@@ -28,7 +28,7 @@ from training.optim import allocate_state, build_optimizer, describe_muon, is_fu
 from training.parallel import parallelize
 from training.run_data import prepare_run_data
 from training.run_dir import find_resume_path, prepare_run_dir, remove_superseded_interrupted
-from training.run_state import EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
+from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
 from training.schedule import LRScheduler, extension_note, resolve_warmup
 from training.signals import StopSignals
 from training.throughput import head_fraction, mfu, peak_flops
@@ -103,7 +103,8 @@ class Trainer:
         self.nan_guard = NaNGuard(t.max_nan_steps, device)
         self.parts = StateParts(model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler, progress=self.progress, early_stopping=self.early,
-                                nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress))
+                                nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress),
+                                data=self.data_identity)
         if self.ema is not None:
             self.parts["ema"] = self.ema
             self.parts["ema_updates"] = self.ema.counter  # the warm-up's place: a resume continues it
@@ -139,7 +140,7 @@ class Trainer:
         val_bin = open_bin(paths["val_bin"], "val") if paths.get("val_bin") else None
         for b in (train_bin, val_bin):
             if b is not None:
-                b.check_tokenizer(self.fingerprint)
+                b.check_tokenizer(self.fingerprint, self.tokenizer.vocab_size)
         if self.init is not None:
             model_dict = self.init.model_settings(cfg.model, {k for s, k in cfg.cli_keys if s == "model"}, self.say)
         else:
@@ -151,7 +152,12 @@ class Trainer:
         cfg.model = model_dict
         self.model_config = cfg.model_config(self.tokenizer.vocab_size)
         objective = self.model_config.objective
-        self.seq_len = seq_len = cfg.data.seq_len or self.model_config.max_seq_len
+        recorded = train_bin.meta.get("sample_length")  # the processor's max_length, in tokens
+        fits = recorded is not None and recorded <= self.model_config.max_seq_len
+        if recorded and not fits and not cfg.data.seq_len:
+            self.say(f"note: the data was processed for samples of {recorded} tokens (max_length), longer than the "
+                     f"model's context ({self.model_config.max_seq_len}): windows are the context's length")
+        self.seq_len = seq_len = cfg.data.seq_len or (recorded if fits else self.model_config.max_seq_len)
         if seq_len > self.model_config.max_seq_len:
             raise ConfigError(f"data.seq_len {seq_len} is longer than the model's context (model.max_seq_len "
                               f"{self.model_config.max_seq_len})")
@@ -187,6 +193,8 @@ class Trainer:
             self.say("note: no validation data (data.val_ratio 0 or no data.val_bin): no evaluations, no best.pth and "
                      "no early stopping; checkpoints are written as usual")
         self.order = SampleOrder(len(self.train_windows), t.seed)
+        self.data_identity = DataIdentity(train_bin.identity(), seq_len, t.seed, t.batch_size, t.accumulation_steps,
+                                          self.info.world_size, self.say)
         meta = (val_bin or train_bin).meta
         self.bytes_per_token = meta["n_text_bytes"] / max(1, meta["n_tokens"])
         self.global_batch = t.batch_size * t.accumulation_steps * self.info.world_size
@@ -260,6 +268,9 @@ class Trainer:
             self.say(f"note: eval_batches {self.cfg.train.eval_batches} is kept as the first run's "
                      f"{kept} validation samples (not {self.cfg.train.eval_samples} at this batch size)")
             self.cfg.train.eval_samples = kept
+        if state.get("data") is None:  # written before checkpoints recorded their data
+            self.say(f"note: {path} does not record its training data; the data is not compared")
+            rest.pop("data")
         saved_schedule = dict(state["scheduler"].get("schedule", {}))
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)

@@ -31,7 +31,7 @@ def prepare_run_data(cfg, info) -> dict:
             build_sample_corpus(SAMPLE_CORPUS)
         return prepare_corpus(d.inputs, d.out_dir, vocab_size=d.vocab_size, text_field=d.text_field,
                               val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed,
-                              max_length=d.max_length, min_chars=d.min_chars, text_unit=d.text_unit,
+                              max_chars=d.max_chars, min_chars=d.min_chars, text_unit=d.text_unit,
                               prefix_field=d.prefix_field)
 
     paths = prepare() if info.is_main else None

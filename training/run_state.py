@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from checkpoint import CheckpointError
 from training.distributed import gather_objects
 from training.rng import capture_rng, restore_rng
 from utils import seed_everything
@@ -101,6 +102,72 @@ class NaNGuard:
     def load_state_dict(self, state: dict) -> None:
         self._in_a_row.fill_(int(state["in_a_row"]))
         self._total.fill_(int(state["total"]))
+
+
+class DataIdentity:
+    """What the run's sample order depends on: the training tokens (each shard's name, counts and a
+    sample hash, data.token_bin.TokenBin.identity), the window length and the seed, and the batch
+    layout. A resume on other tokens is refused (it would continue on other samples without a word);
+    another window length, seed or global batch is said in one line each, and applies from here."""
+
+    def __init__(self, train: list, seq_len: int, seed: int, batch_size: int, accumulation_steps: int,
+                 world_size: int, say=print):
+        self.current = {"train": train, "seq_len": seq_len, "seed": seed,
+                        "batch": {"batch_size": batch_size, "accumulation_steps": accumulation_steps,
+                                  "world_size": world_size}}
+        self.say = say
+
+    def state_dict(self) -> dict:
+        return self.current
+
+    def load_state_dict(self, saved: dict) -> None:
+        then, now = saved["train"], self.current["train"]
+        if [_content(e) for e in then] != [_content(e) for e in now]:
+            # (not a ValueError: restore_parts would shorten this line into "does not fit this run")
+            raise CheckpointError(f"the training data differs from the checkpoint's ({_difference(then, now)}): resuming would "
+                            "continue on other samples; resume on the data it was trained on, or start from its "
+                            "weights on this data with --init_from")
+        for key, name in (("seq_len", "data.seq_len"), ("seed", "train.seed")):
+            if saved[key] != self.current[key]:
+                self.say(f"note: {name} {saved[key]} -> {self.current[key]} since the checkpoint: the sample order "
+                         "differs from the checkpoint's from here on")
+        old, new = saved["batch"], self.current["batch"]
+        if old == new:
+            return
+        layout = f"(batch_size x accumulation_steps x ranks: {_layout(old)} -> {_layout(new)})"
+        if _global(old) == _global(new):
+            self.say(f"note: the batch is split otherwise than in the checkpoint {layout}; the global batch of "
+                     f"{_global(new)} and the samples stay the same")
+        else:
+            self.say(f"note: the global batch differs from the checkpoint's: {_global(old)} -> {_global(new)} samples "
+                     f"per step {layout}; the run continues after the samples already seen, with the new batch")
+
+
+def _content(entry: dict) -> tuple:
+    return entry["n_tokens"], entry["n_docs"], entry["sample_hash"]
+
+
+def _difference(then: list, now: list) -> str:
+    names_then, names_now = [e["name"] for e in then], [e["name"] for e in now]
+    missing = [n for n in names_then if n not in names_now]
+    added = [n for n in names_now if n not in names_then]
+    if missing or added:
+        parts = [f"{len(then)} shard(s) then, {len(now)} now"]
+        parts += [f"{label} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+                  for label, names in (("missing", missing), ("new", added)) if names]
+        return "; ".join(parts)
+    changed = [b["name"] for a, b in zip(then, now) if _content(a) != _content(b)]
+    detail = "; ".join(f"{b['name']}: {a['n_tokens']} -> {b['n_tokens']} tokens" if a["n_tokens"] != b["n_tokens"]
+                       else f"{b['name']}: same size, other tokens" for a, b in zip(then, now) if b["name"] in changed[:3])
+    return detail
+
+
+def _global(batch: dict) -> int:
+    return batch["batch_size"] * batch["accumulation_steps"] * batch["world_size"]
+
+
+def _layout(batch: dict) -> str:
+    return f"{batch['batch_size']} x {batch['accumulation_steps']} x {batch['world_size']}"
 
 
 class StateParts(dict):
