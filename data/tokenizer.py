@@ -4,7 +4,6 @@ Byte-level means every string maps to tokens and back exactly (any language, emo
 characters): no normaliser, no prefix space, and a byte-level decoder."""
 import hashlib
 import json
-import os
 import re
 import sys
 
