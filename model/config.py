@@ -32,23 +32,23 @@ FAMILY_DEFAULTS = {
 
 @dataclass
 class LMConfig:
-    vocab_size: int = 4096
-    dim: int = 256
-    n_layers: int = 4
-    n_heads: int = 4
+    vocab_size: int = 4096                # embedding rows; a run leaves it to the tokenizer (its size rounded up to 64)
+    dim: int = 256                        # width of the residual stream
+    n_layers: int = 4                     # Transformer blocks
+    n_heads: int = 4                      # attention (query) heads; dim must divide by it
     n_kv_heads: Optional[int] = None      # None -> n_heads (plain multi-head attention)
     hidden_dim: Optional[int] = None      # None -> the feed-forward's own default (swiglu ~8/3*dim, gelu 4*dim)
-    multiple_of: int = 32
-    max_seq_len: int = 256
-    dropout: float = 0.0
+    multiple_of: int = 32                 # the default hidden_dim is rounded up to a multiple of this
+    max_seq_len: int = 256                # context length (positions, KV cache, default training windows)
+    dropout: float = 0.0                  # dropout probability in training, in [0, 1)
     norm_eps: Optional[float] = None      # None -> the family's (1e-5 for llama)
     rope_theta: Optional[float] = None    # None -> the family's (10000 for llama)
-    tie_embeddings: bool = True
+    tie_embeddings: bool = True           # the output layer shares the token embedding matrix
     objective: Optional[str] = None       # clm: causal next-token LM; mlm: bidirectional masked LM; plm: prefix LM
                                           # (a bidirectional prefix, causal after it); None: the family's
-    init_std: float = 0.02
+    init_std: float = 0.02                # std of the normal initialisation (residual projections / sqrt(2 n_layers))
     gradient_checkpointing: bool = False  # recompute each block in backward: less memory, same result
-    pad_token_id: int = 0
+    pad_token_id: int = 0                 # set from the tokenizer by a run; cannot be given
     document_mask: bool = False           # packed windows: attention stays inside each document, positions restart
     next_sentence: bool = False           # mlm: a pooler over the first token and BERT's is-next classifier (NSP)
     # The family and its block pieces. arch names a family in FAMILY_DEFAULTS; every key below (and

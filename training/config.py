@@ -3,6 +3,7 @@
 Every key is checked before any work starts; a mistake stops the run with one line that names the
 key and what would be valid."""
 import dataclasses
+import difflib
 import math
 import typing
 from dataclasses import dataclass, field, fields
@@ -19,7 +20,7 @@ DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
 
 @dataclass
 class DataConfig:
-    inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL files or globs
+    inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL, .txt or .md files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
     text_field: str = "text"              # JSONL inputs; .txt / .md inputs are plain text
     text_unit: str = "paragraph"          # plain text: one document per paragraph, per line or per file
@@ -27,15 +28,14 @@ class DataConfig:
     max_chars: int = 10_000_000           # longer documents are dropped (counted as too_long)
     seq_len: Optional[int] = None         # training window length; None: model.max_seq_len (may be shorter)
     vocab_size: int = 4096                # tokenizer size when one is trained
-    tokenizer_path: Optional[str] = None  # an existing tokenizer.json to use instead of training one
-    train_bin: Optional[str] = None       # already processed .bin files (python -m data.processor);
-    val_bin: Optional[str] = None         # when set, inputs are not read and tokenizer_path is required
-                                          # (train_bin alone: a run without validation); either may be
-                                          # a shard manifest.json or a glob of shards, read as one .bin
-    val_ratio: float = 0.05
-    mask_rate: float = 0.15               # masked LM only
-    mask_token_frac: float = 0.8
-    random_token_frac: float = 0.1
+    tokenizer_path: Optional[str] = None  # a tokenizer.json or a Hugging Face directory to use instead of training one
+    train_bin: Optional[str] = None       # an already processed .bin (python -m data.processor), a shard manifest.json
+                                          # or a glob of shards; when set, inputs are not read and tokenizer_path is required
+    val_bin: Optional[str] = None         # its validation .bin (same forms); train_bin without it: a run without validation
+    val_ratio: float = 0.05               # share of documents drawn into the validation split (0: none)
+    mask_rate: float = 0.15               # masked LM: share of tokens chosen for the loss (0.3-0.4 trains small models faster)
+    mask_token_frac: float = 0.8          # masked LM: share of chosen tokens replaced by the mask token
+    random_token_frac: float = 0.1        # masked LM: share of chosen tokens replaced by a random token (the rest kept)
     eval_mask_rate: float = 0.15          # fixed, so evaluations of runs with different rates compare
     pairs: bool = False                   # masked LM: [CLS] A [SEP] B [SEP] samples and next-sentence prediction
     prefix_field: Optional[str] = None    # JSONL: a record's prompt, put before its text; a prefix LM (plm with
@@ -45,18 +45,18 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    out_dir: str = "out"
-    run_name: str = "run"
-    seed: int = 1337
-    device: str = "auto"
-    epochs: int = 1
+    out_dir: str = "out"                  # runs are written to out_dir/run_name
+    run_name: str = "run"                 # the run's directory under out_dir
+    seed: int = 1337                      # initialisation, sample order and masks are drawn from it
+    device: str = "auto"                  # auto (cuda when available, else cpu) | cpu | cuda | cuda:N | mps
+    epochs: int = 1                       # passes over the training windows when max_steps is 0
     max_steps: int = 0                    # > 0 rules over epochs (a CLI --epochs drops a YAML max_steps)
     batch_size: int = 32                  # per process, per micro-step
-    accumulation_steps: int = 1
-    learning_rate: float = 3e-4
-    min_lr: float = 3e-5
+    accumulation_steps: int = 1           # micro-steps per optimizer step (gradients summed, no all-reduce between)
+    learning_rate: float = 3e-4           # peak rate, reached at the end of warmup
+    min_lr: float = 3e-5                  # the rate the schedule decays to
     warmup: float = 0.05                  # steps (>= 1) or a fraction of the run (< 1)
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = "cosine"          # a name in training.schedule.SCHEDULES (decay after warmup)
     lr_power: float = 1.0                 # polynomial decay exponent
     decay_fraction: float = 0.2           # wsd: the decay takes the last this share of the run, in (0, 1]
     decay_shape: str = "1-sqrt"           # wsd: linear | 1-sqrt (Hagele et al. 2024: 1-sqrt does better)
@@ -65,37 +65,37 @@ class TrainConfig:
     muon_momentum: float = 0.95           # muon: Nesterov momentum of those matrices
     embedding_lr: Optional[float] = None  # muon: embeddings' AdamW rate; None: learning_rate
     head_lr: Optional[float] = None       # muon: untied output layer's AdamW rate; None: learning_rate
-    weight_decay: float = 0.1
-    decay_embeddings: bool = False
-    beta1: float = 0.9
-    beta2: float = 0.95
-    adam_eps: float = 1e-8
+    weight_decay: float = 0.1             # AdamW decoupled decay; not on norms, biases, embeddings (adam: must be 0)
+    decay_embeddings: bool = False        # apply weight_decay to the embeddings too
+    beta1: float = 0.9                    # Adam(W) first-moment decay
+    beta2: float = 0.95                   # Adam(W) second-moment decay
+    adam_eps: float = 1e-8                # Adam(W) epsilon
     grad_clip: float = 1.0                # 0 disables clipping (the norm is still logged)
-    dtype: str = "auto"
-    use_ema: bool = False
-    ema_decay: float = 0.999
-    eval_interval: int = 200
+    dtype: str = "auto"                   # autocast: auto (bf16 or fp16 on GPUs, fp32 on CPU) | float32 | bfloat16 | float16
+    use_ema: bool = False                 # keep an exponential moving average of the weights; it is evaluated and saved
+    ema_decay: float = 0.999              # EMA decay, warmed up as min(decay, (1+t)/(10+t))
+    eval_interval: int = 200              # steps between evaluations (and best.pth updates)
     eval_samples: int = 640               # validation windows per evaluation, all ranks together; 0 = all
     eval_batches: Optional[int] = None    # older spelling, in batches: eval_samples = eval_batches x batch_size
-    early_stopping: bool = False
-    patience: int = 5
-    min_delta: float = 0.0
-    log_interval: int = 10
-    save_interval: int = 500
-    keep_last: int = 3
+    early_stopping: bool = False          # stop after patience evaluations without improvement
+    patience: int = 5                     # evaluations without improvement before early stopping
+    min_delta: float = 0.0                # an improvement must beat the best validation loss by more than this
+    log_interval: int = 10                # steps between log lines and metrics.jsonl records
+    save_interval: int = 500              # steps between checkpoints (one is also written at the end)
+    keep_last: int = 3                    # step checkpoints kept; older ones are removed
     max_nan_steps: int = 5                # this many non-finite losses in a row stop the run
-    compile: bool = False
-    ddp: bool = False
+    compile: bool = False                 # torch.compile each block
+    ddp: bool = False                     # under torchrun: DistributedDataParallel (every rank holds the whole model)
     fsdp: bool = False                    # under torchrun: shard the model, gradients and optimizer (FSDP2)
-    resume: bool = False
-    resume_from: Optional[str] = None
+    resume: bool = False                  # continue the run from its newest checkpoint
+    resume_from: Optional[str] = None     # with resume: this checkpoint instead of the newest
     init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
     trainable: str = "all"                # all | embeddings | new_embeddings | name globs (training/freeze.py)
-    force_fresh: bool = False
-    tensorboard: bool = False
-    use_wandb: bool = False
-    wandb_project: Optional[str] = None
-    wandb_run_name: Optional[str] = None
+    force_fresh: bool = False             # start over in a run directory that holds checkpoints, removing them
+    tensorboard: bool = False             # also log to TensorBoard in the run directory
+    use_wandb: bool = False               # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)
+    wandb_project: Optional[str] = None   # wandb project; None: pretrain
+    wandb_run_name: Optional[str] = None  # wandb run name; None: wandb's own
     peak_flops: float = 0.0               # for MFU on hardware not in the built-in table
 
 
@@ -129,6 +129,21 @@ DERIVED_MODEL_KEYS = {"pad_token_id": "the pad id comes from the tokenizer"}
 MOVED_KEYS = {("train", "gradient_checkpointing"): "model.gradient_checkpointing (or --gradient_checkpointing)",
               ("data", "max_length"): "data.max_chars (it is a cap in characters that drops longer documents); the "
                                       "length in tokens of the training samples is data.seq_len"}
+
+
+def _nearest_key(section, key, valid) -> str:
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"did you mean {section}.{close[0]}?" if close else f"valid keys: {', '.join(valid)}"
+
+
+def _nearest_flag(name) -> str:
+    """The flag a mistyped undotted name most likely meant: a short flag or a dotted model or data
+    key (--n_layer -> --model.n_layers)."""
+    flags = {f.name: f"{section}.{f.name}" for section, cls in (("data", DataConfig), ("model", LMConfig))
+             for f in fields(cls)}
+    flags.update({key: key for key in [*SHORT_FLAGS, "config"]})  # the short spelling wins where both exist
+    close = difflib.get_close_matches(name, list(flags), n=1)
+    return f"did you mean --{flags[close[0]]}?" if close else "see python train.py --help"
 
 
 def _field_type(cls, name):
@@ -175,7 +190,7 @@ def _model_value(key, value):
         raise ConfigError(f"model.{key} cannot be set: {DERIVED_MODEL_KEYS[key]}")
     names = {f.name: f for f in fields(LMConfig)}
     if key not in names:
-        raise ConfigError(f"unknown key model.{key}; valid keys: {', '.join(sorted(names))}")
+        raise ConfigError(f"unknown key model.{key}; {_nearest_key('model', key, sorted(names))}")
     return _coerce(value, _field_type(LMConfig, key), f"model.{key}")
 
 
@@ -190,7 +205,7 @@ def _apply(cfg: RunConfig, section: str, key: str, value) -> None:
     obj = getattr(cfg, section)
     valid = [f.name for f in fields(obj)]
     if key not in valid:
-        raise ConfigError(f"unknown key {section}.{key}; valid keys: {', '.join(valid)}")
+        raise ConfigError(f"unknown key {section}.{key}; {_nearest_key(section, key, valid)}")
     setattr(obj, key, _coerce(value, _field_type(type(obj), key), f"{section}.{key}"))
 
 
@@ -237,7 +252,7 @@ def parse_cli(argv) -> tuple:
         elif name in SHORT_FLAGS:
             section, key = SHORT_FLAGS[name], name
         else:
-            raise ConfigError(f"unknown flag --{name}; see python train.py --help")
+            raise ConfigError(f"unknown flag --{name}; {_nearest_flag(name)}")
         owner = LMConfig if section == "model" else SECTIONS.get(section)
         is_bool = owner is not None and key in {f.name for f in fields(owner)} and _field_type(owner, key) is bool
         if not eq:
@@ -391,16 +406,8 @@ def validate(cfg: RunConfig) -> None:
 
 
 def usage() -> str:
-    train_flags = " ".join(f"--{f.name}" for f in fields(TrainConfig))
-    return ("usage: python train.py [--config config.yaml] [--<train key> value ...] "
-            "[--model.<key> value] [--data.<key> value]\n"
-            f"train keys (also settable as --train.<key>): {train_flags}\n"
-            f"model keys: {' '.join(f.name for f in fields(LMConfig))}\n"
-            f"data keys: {' '.join(f.name for f in fields(DataConfig))}\n"
-            "booleans: --use_ema / --use_ema false / --no-use_ema; --force-fresh equals --force_fresh\n"
-            f"optimizers: {'; '.join(f'{k}: {v.help}' for k, v in OPTIMIZERS.items())}\n"
-            "run length: max_steps > 0 rules over epochs; --epochs on the command line drops a max_steps "
-            "from the YAML file")
+    from training.config_doc import help_text  # reads this module's dataclasses
+    return help_text()
 
 
 def dump_yaml(cfg: RunConfig) -> str:
