@@ -94,6 +94,7 @@ def test_rows_are_read_validated_and_resumed_at_any_row(inputs):
             assert list(iter_records(paths[kind], start)) == got[start:]
 
 
+@pytest.mark.slow
 def test_parquet_and_a_saved_dataset_give_the_jsonl_files_to_the_byte(inputs, tmp_path):
     root, texts, paths = inputs
     made = {}
@@ -107,6 +108,7 @@ def test_parquet_and_a_saved_dataset_give_the_jsonl_files_to_the_byte(inputs, tm
     assert made["parquet"] == made["jsonl"] and made["saved"] == made["jsonl"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["parquet", "saved"])
 def test_killed_and_rerun_is_byte_identical(inputs, tmp_path, kind):
     root, _, paths = inputs
@@ -121,6 +123,7 @@ def test_killed_and_rerun_is_byte_identical(inputs, tmp_path, kind):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.slow
 def test_columnar_inputs_shard_and_train_a_tokenizer(inputs, tmp_path):
     root, texts, paths = inputs
     proc = subprocess.run([sys.executable, "-m", "data.processor", paths["parquet"], paths["saved"], "--out_dir",
@@ -138,6 +141,7 @@ def one_error_line(proc):
     return proc.returncode == 2 and len(errors) == 1 and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_bad_columnar_inputs_are_one_line(inputs, tmp_path):
     root, _, paths = inputs
     proc = process(root, paths["parquet"], tmp_path / "a", "--text_field", "body")

@@ -37,6 +37,7 @@ def test_comments_are_read_from_the_field_lines():
     assert dict((n, d) for n, d, _ in entries(DataConfig))["inputs"] == "dataset/sample.jsonl"
 
 
+@pytest.mark.slow
 def test_help_lists_every_key_with_default_and_meaning_by_section():
     out = subprocess.run([sys.executable, "train.py", "--help"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == help_text()
@@ -63,6 +64,7 @@ def test_unknown_flag_suggests_the_nearest(argv, message):
     assert str(e.value) == message
 
 
+@pytest.mark.slow
 def test_unknown_flag_is_one_line_and_exit_2():
     out = subprocess.run([sys.executable, "train.py", "--batch_sz", "8"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 2

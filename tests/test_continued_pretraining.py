@@ -32,6 +32,7 @@ def corpus(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_import_expand_train_evaluate_export_and_fill_mask(corpus):
     root = corpus
     imported = convert("from_hf", MODEL_DIR, str(root / "init.pth"))

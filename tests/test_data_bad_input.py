@@ -40,6 +40,7 @@ def stored_documents(out_dir):
     return docs
 
 
+@pytest.mark.slow
 def test_a_document_of_one_huge_word_does_not_stall_tokenizer_training(tmp_path):
     corpus = tmp_path / "c.jsonl"
     write_corpus(corpus, n_docs=100)
@@ -58,6 +59,7 @@ def test_a_document_of_one_huge_word_does_not_stall_tokenizer_training(tmp_path)
     assert proc.returncode == 0 and "document(s) to" not in proc.stdout, proc.stdout
 
 
+@pytest.mark.slow
 def test_a_cut_off_tokenizer_recipe_retrains_instead_of_failing(tmp_path):
     corpus = tmp_path / "c.jsonl"
     write_corpus(corpus, n_docs=60)
@@ -69,6 +71,7 @@ def test_a_cut_off_tokenizer_recipe_retrains_instead_of_failing(tmp_path):
     json.loads(recipe.read_text())  # whole again
 
 
+@pytest.mark.slow
 def test_every_line_rejected_is_an_error_with_the_summary(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"content": "text under another field"}\n{"content": "again"}\nnot json\n')
@@ -78,6 +81,7 @@ def test_every_line_rejected_is_an_error_with_the_summary(tmp_path):
     assert tok.vocab_size == 300
 
 
+@pytest.mark.slow
 def test_every_line_rejected_fails_before_training_a_tokenizer(tmp_path):
     corpus = tmp_path / "c.jsonl"
     corpus.write_text('{"content": "text under another field"}\n{"text": "   "}\n')
@@ -92,12 +96,14 @@ def _ok_corpus(tmp_path):
     return path
 
 
+@pytest.mark.slow
 def test_unwritable_output_directory_is_one_line(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     one_line_error(processor(_ok_corpus(tmp_path), "--out_dir", blocker / "o"), "is not writable")
 
 
+@pytest.mark.slow
 def test_unreadable_input_file_is_one_line(tmp_path):
     corpus = _ok_corpus(tmp_path)
     corpus.chmod(0)
@@ -136,6 +142,7 @@ def test_full_disk_is_one_line_and_a_rerun_resumes_to_the_same_output(tmp_path, 
         assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
 
 
+@pytest.mark.slow
 def test_data_package_has_no_import_cycle():
     code = ("import sys, importlib; importlib.import_module('data.prepare'); "
             "print('data.processor' in sys.modules)")

@@ -43,6 +43,7 @@ def measure(root, checkpointing: bool, model=MODEL, batch=BATCH) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_estimated_peak_is_within_15_percent_of_a_measured_training_step(corpus, checkpointing):
     measured = measure(corpus, checkpointing)
@@ -61,6 +62,7 @@ def test_estimated_peak_is_within_15_percent_of_a_measured_training_step(corpus,
 LARGE_VOCAB = dict(dim=16, n_layers=2, n_heads=2, vocab_size=250_000, max_seq_len=64)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective, batch", [("clm", 8), ("mlm", 16)])
 def test_a_large_vocabulary_is_counted(corpus, objective, batch):
     model = {**LARGE_VOCAB, "objective": objective}
@@ -98,6 +100,7 @@ def run_cli(*args):
                           text=True, env=dict(os.environ, PYTHONPATH=ROOT), timeout=120)
 
 
+@pytest.mark.slow
 def test_cli_prints_parameters_memory_and_flops_for_a_config():
     proc = run_cli("--config", "config.yaml", "--world_size", "2", "--strategy", "fsdp", "--dtype", "bf16",
                    "--batch_size", "8", "--seq_len", "512", "--model.vocab_size", "4096")
@@ -113,6 +116,7 @@ def test_cli_prints_parameters_memory_and_flops_for_a_config():
     assert "peak, gradient checkpointing off" in out and "peak, gradient checkpointing on" in out
 
 
+@pytest.mark.slow
 def test_cli_mistakes_are_one_line():
     for args in (["--strategy", "zero"], ["--world_size", "0"], ["--model.dim", "100", "--model.n_heads", "3"]):
         proc = run_cli(*args)

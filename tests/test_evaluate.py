@@ -78,6 +78,7 @@ def causal_by_hand(model, tokens, n_windows=None, seq=SEQ):
     return loss_sum / count, count, n
 
 
+@pytest.mark.slow
 def test_causal_jsonl_matches_hand_computation_and_repeats_to_the_bit(env):
     tok, texts = env["tok"], env["texts"]
     tokens = stream(tok, texts)
@@ -99,6 +100,7 @@ def test_causal_jsonl_matches_hand_computation_and_repeats_to_the_bit(env):
     assert math.isclose(r["bits_per_byte"], r["loss"] / math.log(2) * len(tokens) / n_bytes, rel_tol=1e-12)
 
 
+@pytest.mark.slow
 def test_plain_text_is_one_document_per_paragraph(env):
     tokens = stream(env["tok"], env["paragraphs"])
     loss, targets, n = causal_by_hand(env["clm"], tokens)
@@ -128,6 +130,7 @@ def test_max_batches_seq_len_and_weights_choice(env, capsys):
     assert raw["weights"] == "model" and ema["weights"] == "ema" and raw["loss"] != ema["loss"]
 
 
+@pytest.mark.slow
 def test_masked_model_fixed_masks_repeat_to_the_bit_and_match_by_hand(env, capsys):
     a = cli_json("--model_path", env["mlm_path"], "--data", env["jsonl"])
     b = cli_json("--model_path", env["mlm_path"], "--data", env["jsonl"])
@@ -156,6 +159,7 @@ def test_masked_model_fixed_masks_repeat_to_the_bit_and_match_by_hand(env, capsy
     assert code == 0 and json.loads(out)["targets"] > a["targets"]
 
 
+@pytest.mark.slow
 def test_processed_bin_gives_the_same_figures_as_the_file_it_came_from(env, capsys):
     out_dir = env["root"] / "processed"
     p = subprocess.run([sys.executable, "-m", "data.processor", env["jsonl"], "--out_dir", str(out_dir), "--tokenizer",
@@ -176,6 +180,7 @@ def one_error_line(err):
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_exit_2(env, capsys, tmp_path):
     p = cli("--model_path", env["clm_path"], "--data", tmp_path / "missing.jsonl", check=False)
     assert p.returncode == 2 and "not found" in one_error_line(p.stderr) and p.stdout == ""

@@ -49,6 +49,7 @@ def test_expansion_keeps_old_rows_and_starts_new_ones_from_their_pieces(source, 
     assert torch.equal(model(x).logits[..., :n_old], old_model(x).logits[..., :n_old])
 
 
+@pytest.mark.slow
 def test_cli_mines_words_and_refuses_nothing_new(source, tmp_path):
     paths, root = source
     corpus = tmp_path / "c.jsonl"

@@ -55,6 +55,7 @@ def test_llama_export_loads_in_transformers(ckpt):
     assert fast.pad_token is not None and fast.eos_token is not None
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "convert.py"), "to_hf", str(tmp_path / "none.pth"),
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)

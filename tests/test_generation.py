@@ -55,6 +55,7 @@ def test_greedy_equals_full_forward_argmax(tok):
     assert out == seq[len(ids):]
 
 
+@pytest.mark.slow
 def test_compiled_step_gives_the_eager_tokens_on_a_left_padded_batch(tok):
     # The compiled step attends over the whole (masked) cache; eager steps over the keys written so far.
     model = tiny_model(seed=3)

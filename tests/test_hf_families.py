@@ -367,6 +367,7 @@ def test_arch_selects_the_family_pieces_and_keys():
     assert LMConfig(bias=True).qkv_bias is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "qwen2", "qwen3"])
 def test_family_models_train_with_falling_loss(arch):
     m = small(arch).train()

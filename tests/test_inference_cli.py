@@ -14,6 +14,8 @@ import inference
 from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
 from tests.train_harness import ROOT
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 @pytest.fixture(scope="module")
 def ckpts(tmp_path_factory):

@@ -1,7 +1,10 @@
 """--init_from: a new run from existing weights, with a fresh optimizer, schedule and step."""
+import pytest
 import torch
 
 from tests.train_harness import losses, run, run_ok, train_cmd, write_config
+
+pytestmark = pytest.mark.slow  # every test here starts processes
 
 
 def test_init_from_a_checkpoint_starts_a_new_run_from_its_weights(tiny_corpus, run_root):

@@ -240,6 +240,7 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "training.plot", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_plot_cli(tmp_path):
     pytest.importorskip("matplotlib")
     _synthetic_run(str(tmp_path / "run"))

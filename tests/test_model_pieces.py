@@ -191,6 +191,7 @@ def recipe(objective):
     return {**RECIPE, **(HEAD if objective != "mlm" else {})}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clm", "mlm", "plm"])
 @pytest.mark.parametrize("pieces", ["other", "recipe"])
 def test_non_default_pieces_train(objective, pieces):
@@ -470,6 +471,7 @@ def test_recipe_respects_document_masks(objective):
             start += len(d)
 
 
+@pytest.mark.slow
 def test_compiled_decode_step_with_the_recipe_gives_the_eager_tokens():
     m = _randomise(make(**RECIPE, **HEAD, seed=5), seed=6)
     prompts = [[7, 8, 9, 10, 11], [30, 31]]
@@ -510,6 +512,7 @@ def test_llama_export_refuses_recipe_pieces(kw, fragment):
     assert LLAMA.config_to_hf(plain)["tie_word_embeddings"] is False
 
 
+@pytest.mark.slow
 def test_compiled_blocks_with_the_recipe_train_as_eager_ones():
     """train --compile (compile_blocks): QK-norm and ReLU^2 blocks give the eager loss and gradients."""
     g = torch.Generator().manual_seed(16)

@@ -99,6 +99,7 @@ def test_windows_take_each_documents_prompt_as_its_prefix():
         assert (a["labels"] == -100).tolist() == in_prompt[1:].tolist()  # targets inside a prompt: no loss
 
 
+@pytest.mark.slow
 def test_train_py_learns_completions_of_a_prompt_corpus(tmp_path):
     write_pairs(tmp_path / "qa.jsonl", n=200)
     out = tmp_path / "out"

@@ -109,6 +109,7 @@ def test_validate_and_clean(tok, tmp_path):
     assert len(lines) == stats["documents_kept"] == 5 and lines[0] == {"text": "good one"}
 
 
+@pytest.mark.slow
 def test_text_field_and_globs_via_cli(tok, tmp_path):
     _, root = tok
     write_docs(tmp_path / "a1.jsonl", n=30, field="content")
@@ -121,12 +122,14 @@ def test_text_field_and_globs_via_cli(tok, tmp_path):
     assert stats["documents_kept"] == 60
 
 
+@pytest.mark.slow
 def test_cli_missing_input_is_one_line_exit_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "nope.jsonl"), "--out_dir",
                            str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: input file not found: {tmp_path / 'nope.jsonl'}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, message", [
     (["--val_ratio", "1.5"], "error: val_ratio must be in [0, 1), got 1.5"),
     (["--chunk_size", "0"], "error: chunk_size must be at least 1, got 0"),
@@ -141,6 +144,7 @@ def test_cli_bad_settings_are_one_line_exit_2_before_any_work(tmp_path, args, me
     assert not (tmp_path / "o" / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_the_processor_does_not_load_torch():
     """torch alone adds about 160 MiB of RSS; the processor, run on its own, must not pay it."""
     import subprocess

@@ -16,6 +16,8 @@ import pytest
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 OUTPUTS = ("train.bin", "train.bin.idx", "train.bin.meta.json", "val.bin", "val.bin.idx", "val.bin.meta.json",
            "train.stats.json")
 

@@ -85,6 +85,7 @@ def test_half_of_the_pairs_are_random_and_each_is_a_pure_function_of_seed_and_po
     assert not torch.equal(later["input_ids"], fetch(windows, 0, 9, 0)["input_ids"])
 
 
+@pytest.mark.slow
 def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(tiny_corpus, run_root):
     """The next-sentence loss is a mean over the global batch: batch 8 in one micro-step, 4 x 2
     accumulated and 4 on each of two ranks (torchrun, gloo) give the same weights; evaluation reports
@@ -118,6 +119,7 @@ def test_training_with_pairs_reports_nsp_accuracy_and_splits_the_batch_exactly(t
     assert proc.returncode == 2 and "data.pairs needs a masked model with two token types" in proc.stderr
 
 
+@pytest.mark.slow
 def test_pairs_from_an_encoder_without_a_next_sentence_head(tiny_corpus, run_root):
     """--init_from all-MiniLM-L6-v2 (a BertModel: no MLM or next-sentence head) with data.pairs: the
     head starts fresh, said in one line, and the run trains and evaluates it."""
@@ -135,6 +137,7 @@ def test_pairs_from_an_encoder_without_a_next_sentence_head(tiny_corpus, run_roo
     assert "val_nsp_accuracy" in read_metrics(out / "run", split="eval")[-1]
 
 
+@pytest.mark.slow
 def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run_root):
     """Pairs, their random halves and whole-word masks are drawn from the sample position: a run
     SIGKILLed between checkpoints and resumed equals the uninterrupted one, losses and weights."""
@@ -158,6 +161,7 @@ def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run
     assert max_weight_diff(weights(out / "base" / final), weights(out / "cut" / final)) == 0.0
 
 
+@pytest.mark.slow
 def test_pairs_over_token_shards_are_those_of_one_file(tmp_path):
     """Pairs read through a shard manifest (python -m data.processor --shard_mb) equal the pairs of
     one token file holding the shards' tokens one after another."""

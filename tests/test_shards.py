@@ -20,6 +20,8 @@ from data.token_shards import open_bin
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT, losses, read_metrics, run_ok
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 SHARD_MB = "0.03"  # cuts a.jsonl and the text file into byte ranges
 
 

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from data.sources import iter_records
 from tests.train_harness import ROOT
 
@@ -25,6 +27,7 @@ def test_paragraphs_lines_and_minimum_length(tmp_path):
     assert lines == ["# Hamlet", "To be, or not to be,", "that is the question.", "Ok", "Whether 'tis nobler in the mind"]
 
 
+@pytest.mark.slow
 def test_processor_reads_text_files_and_resumes_byte_exact(tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\n".join(f"Paragraph {i} of the king and the queen.\nIts second line." for i in range(300)))

@@ -13,6 +13,8 @@ from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, 
                                  start_and_signal,
                                  torchrun_cmd, train_cmd, weights, write_config)
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def assert_same_run(a_dir, b_dir, final):
     a, b = losses(a_dir), losses(b_dir)

@@ -21,6 +21,7 @@ atomic_save({{"model": {{"w": torch.zeros(64, 1024, 1024)}}, "model_config": {{}
 """
 
 
+@pytest.mark.slow
 def test_kill_during_checkpoint_write_keeps_previous_and_no_partial_file(tmp_path):
     path = str(tmp_path / "checkpoint_step_2.pth")
     atomic_save({"format": FORMAT, "model": {"w": torch.ones(3)}, "model_config": {}, "step": 2}, path)
@@ -60,6 +61,7 @@ def test_corrupt_checkpoint_is_one_line_error(tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_early_stopping_after_patience_evals_and_best_holds_best_weights(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     # min_delta is huge: only the first evaluation counts as an improvement.
@@ -75,6 +77,7 @@ def test_early_stopping_after_patience_evals_and_best_holds_best_weights(tiny_co
     assert max_weight_diff(best["model"], weights(run_dir / "checkpoint_step_2.pth")) == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args, fragment", [
     (["--model.dim", "30", "--model.n_heads", "4"], "model.dim (30) must be divisible by model.n_heads (4)"),
     (["--lr_scheduler", "step"], "train.lr_scheduler must be one of"),
@@ -89,6 +92,7 @@ def test_bad_inputs_exit_2_with_one_line(tiny_corpus, run_root, args, fragment):
     assert proc.stderr.strip().count("\n") == 0 and fragment in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow
 def test_bin_from_another_tokenizer_is_refused(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "a.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1, run_name="prep")
@@ -103,6 +107,7 @@ def test_bin_from_another_tokenizer_is_refused(tiny_corpus, run_root):
     assert "tokenizer" in proc.stderr
 
 
+@pytest.mark.slow
 def test_existing_checkpoints_need_resume_or_force_fresh(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=4)

@@ -8,6 +8,8 @@ import pytest
 
 from tests.train_harness import ROOT, env, read_metrics, run, run_ok, train_cmd, write_config
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 def one_line_error(proc, fragment):
     assert proc.returncode == 2, proc.stderr

@@ -13,6 +13,8 @@ import checkpoint as ckpt
 from tests.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok,
                                  start_and_signal, torchrun_cmd, train_cmd, weights, write_config)
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 STEPS = 40
 # Accumulation exercises the skipped reduce-scatter, EMA the sharded averages.
 COMMON = dict(max_steps=STEPS, save_interval=10, eval_interval=20, accumulation_steps=2, use_ema="true",

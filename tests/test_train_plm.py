@@ -11,6 +11,8 @@ import inference
 from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, run_torchrun_ok, start_and_signal,
                                  train_cmd, weights, write_config)
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 PLM = ("--model.objective", "plm", "--model.document_mask", "true")
 
 

@@ -9,6 +9,8 @@ import pytest
 from tests.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, start_and_signal,
                                  train_cmd, weights, write_config, write_corpus)
 
+pytestmark = pytest.mark.slow  # every test here starts processes
+
 
 # muon: its momentum buffers and per-group rates, with clipping that bites and the wsd schedule
 MUON = dict(optimizer_type="muon", lr_scheduler="wsd", decay_fraction=0.5, grad_clip=0.5, embedding_lr=0.01)

@@ -1,6 +1,7 @@
 """--trainable: frozen parameters stay bit-identical with weight decay, EMA, resume and DDP."""
 import signal
 
+import pytest
 import torch
 
 from tests.train_harness import run_ok, run_torchrun_ok, start_and_signal, train_cmd, weights, write_config
@@ -15,6 +16,7 @@ def _frozen_equal(before: dict, after: dict, new_rows_from: int) -> None:
             assert torch.equal(after[name], old), name
 
 
+@pytest.mark.slow
 def test_new_embeddings_train_alone(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=4, warmup=1)
@@ -44,6 +46,7 @@ def test_new_embeddings_train_alone(tiny_corpus, run_root):
     _frozen_equal(before, weights(run_root / "out" / "ddp" / "checkpoint_step_6.pth"), start)
 
 
+@pytest.mark.slow
 def test_name_patterns_freeze_the_rest(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=3, warmup=1)

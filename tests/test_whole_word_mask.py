@@ -200,6 +200,7 @@ def write_words(bin_path, tok_path, fault=None, block=64):
                           capture_output=True, text=True)
 
 
+@pytest.mark.slow
 def test_killed_word_start_file_resumes_byte_identical(tmp_path):
     """Killed between a block's write and its commit, after a commit, and again after resuming:
     the finished file equals an uninterrupted one."""
@@ -242,6 +243,7 @@ def test_a_rebuilt_bin_makes_the_word_file_stale(tmp_path):
     WordStarts(TokenBin(paths["train_bin"]), tok)
 
 
+@pytest.mark.slow
 def test_training_with_whole_words_writes_the_word_file_and_refuses_causal_models(tiny_corpus, run_root):
     from tests.train_harness import read_metrics, run, run_ok, train_cmd, write_config
     corpus, data_dir = tiny_corpus
@@ -257,6 +259,7 @@ def test_training_with_whole_words_writes_the_word_file_and_refuses_causal_model
     assert "data.whole_word_mask is for masked models (model.objective mlm), not clm" in proc.stderr
 
 
+@pytest.mark.slow
 def test_sharded_token_files_get_the_bits_of_one_file(bert, tmp_path):
     """A manifest of token shards (python -m data.processor --shard_mb): each shard gets its own
     word-start file, and read through the manifest the bits are those of one .bin holding the
