@@ -17,6 +17,7 @@ from training.optim import OPTIMIZERS
 SECTIONS = (("model", LMConfig, "--model.{}"), ("data", DataConfig, "--data.{}"), ("train", TrainConfig, "--{}"))
 
 RULES = (
+    "`config.yaml` has three sections, `model`, `data` and `train`; every key can also be given on the command line.",
     "Settings come from the dataclass defaults, then the YAML file (`--config`), then the command line "
     "(CLI beats YAML beats defaults).",
     "Every `train` key is a flag of its own (`--batch_size 64`, also `--train.batch_size 64`); "
