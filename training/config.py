@@ -26,7 +26,8 @@ class DataConfig:
     text_unit: str = "paragraph"          # plain text: one document per paragraph, per line or per file
     min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
     max_chars: int = 10_000_000           # longer documents are dropped (counted as too_long)
-    seq_len: Optional[int] = None         # training window length; None: model.max_seq_len (may be shorter)
+    seq_len: Optional[int] = None         # training window length; None: the processor's max_length if it fits, else
+                                          # model.max_seq_len (may be shorter than the context)
     vocab_size: int = 4096                # tokenizer size when one is trained
     tokenizer_path: Optional[str] = None  # a tokenizer.json or a Hugging Face directory to use instead of training one
     train_bin: Optional[str] = None       # an already processed .bin (python -m data.processor), a shard manifest.json
