@@ -1,4 +1,4 @@
-"""The README's continued-pretraining path on the real all-MiniLM-L6-v2 weights, every command
+"""docs/huggingface.md's continued-pretraining path on the real all-MiniLM-L6-v2 weights, every command
 through the real CLI, at a tiny scale: import, expand the vocabulary with mined words, train the
 new rows (and the fresh MLM head) then everything, evaluate, export, and fill a mask in
 transformers' pipeline with the same top tokens as ours."""

@@ -187,7 +187,7 @@ def test_fill_mask_candidates_sorted_with_probabilities(tok):
 
 
 def test_reference_004_python_snippet_runs_as_adapted(tmp_path):
-    """Reference 004's Python API lines, with the three changes the README names: the model from
+    """Reference 004's Python API lines, with the three changes docs/inference.md names: the model from
     Transformer.from_checkpoint, the tokenizer from AutoTokenizer on an export (or a run directory),
     and GenerationConfig's use_cache (honoured)."""
     transformers = pytest.importorskip("transformers")
