@@ -34,6 +34,7 @@ def snapshot(directory, skip=()):
 LOCK = ("train.lock",)  # the lock's own file: a run that takes the lock writes its pid there
 
 
+@pytest.mark.slow
 def test_resume_with_nothing_to_do_keeps_the_only_checkpoint(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     run_dir = str(run_root / "out" / "run")
@@ -61,6 +62,7 @@ def test_resume_with_nothing_to_do_keeps_the_only_checkpoint(tiny_corpus, run_ro
                      "config.yaml)"), wrote
 
 
+@pytest.mark.slow
 def test_a_second_run_on_a_live_directory_is_refused_before_touching_it(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     run_dir = str(run_root / "out" / "run")
@@ -93,6 +95,7 @@ def test_a_second_run_on_a_live_directory_is_refused_before_touching_it(tiny_cor
     run_ok(train_cmd("--config", cfg, "--resume", "--max_steps", str(steps[-1] + 1)))  # free once it has gone
 
 
+@pytest.mark.slow
 def test_ranks_exit_when_their_launcher_is_killed(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     run_dir = str(run_root / "out" / "run")
