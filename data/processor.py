@@ -14,7 +14,6 @@ import argparse
 import sys
 
 from data.errors import DataError
-from data.packer import DataProcessor  # noqa: F401  (the processor's Python API, importable from here)
 from data.prepare import prepare_corpus
 from utils import run_cli
 

@@ -271,7 +271,7 @@ class Trainer:
         if state.get("data") is None:  # written before checkpoints recorded their data
             self.say(f"note: {path} does not record its training data; the data is not compared")
             rest.pop("data")
-        saved_schedule = dict(state["scheduler"].get("schedule", {}))
+        saved_schedule = dict(state["scheduler"]["schedule"])  # every format-2 checkpoint records it
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)
                    if self.scheduler.schedule.get(k) != saved_schedule[k]]
