@@ -11,11 +11,12 @@ from typing import Optional
 
 import yaml
 
-from model.config import ConfigError, LMConfig
-from training.optim import OPTIMIZERS, check_settings as optimizer_problem
+from model.config import LMConfig
+from training.optim import check_settings as optimizer_problem
 from training.schedule import DECAY_SHAPES, SCHEDULES
+from utils import DTYPES, ConfigError
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto",) + DTYPES
 
 
 @dataclass

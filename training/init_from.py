@@ -4,8 +4,7 @@ shape and the tokenizer come from the source; only settings that do not change t
 meaning may differ."""
 import os
 
-from model.config import ConfigError
-from utils import check_writable_dir
+from utils import ConfigError, check_writable_dir
 
 # May differ from the source: no weight depends on them.
 RUNTIME_KEYS = ("dropout", "gradient_checkpointing", "document_mask")

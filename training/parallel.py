@@ -6,8 +6,7 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import ConfigError
-from utils import resolve_dtype
+from utils import ConfigError, resolve_dtype
 
 
 class SingleProcess:
