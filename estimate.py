@@ -19,9 +19,10 @@ def gib(n: float) -> str:
 
 
 def parse(argv):
+    from training.parallel import STRATEGIES
     p = OneLineArgumentParser(prog="python estimate.py", description=__doc__.splitlines()[0])
     p.add_argument("--world_size", type=int, default=1, help="processes (GPUs) the run is spread over")
-    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+    p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "single"], default="ddp",
                    help="ddp: every rank holds everything; fsdp: weights, gradients and optimizer state sharded")
     p.add_argument("--seq_len", type=int, default=None, help="tokens per sample (model.max_seq_len)")
     own, rest = p.parse_known_args(argv)

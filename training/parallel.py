@@ -91,7 +91,7 @@ def strategy_name(cfg, info) -> str:
     # single-process training.
     if not info.enabled:
         return "single"
-    return "fsdp" if getattr(cfg.train, "fsdp", False) else "ddp" if cfg.train.ddp else "single"
+    return cfg.train.parallel
 
 
 def parallelize(model, cfg, info, device):
