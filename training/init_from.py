@@ -18,8 +18,9 @@ class InitSource:
         import checkpoint
         self.expansion = None  # {"new_rows_from", "expanded_from"} when the source's vocabulary was expanded
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-            from convert import import_hf
-            model, cfg, self.tokenizer = import_hf(path, say)
+            from data.tokenizer import load_tokenizer
+            from model.hf.load import import_hf
+            model, cfg, self.tokenizer = import_hf(path, load_tokenizer, say)
             self.weights, self.model_config = model.state_dict(), cfg.to_dict()
         else:
             state = checkpoint.load_checkpoint(path)
