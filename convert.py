@@ -10,7 +10,7 @@
 from_hf reads config.json, model.safetensors (or pytorch_model.bin, read with weights_only=True;
 sharded files through their index) and the tokenizer (tokenizer.json or vocab.txt with its special
 tokens' roles). Nothing is downloaded. The families (BERT, GPT-2, Llama, Qwen2) and their weight
-names live in model/hf/."""
+names live in model/hf/, and the reading of a directory in model/hf/load.py."""
 import argparse
 import json
 import os
@@ -19,138 +19,18 @@ import sys
 import torch
 
 import checkpoint
+from model.hf.load import import_hf
 from utils import UserError, atomic_write, check_writable_dir, run_cli
-
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class ConvertError(UserError):
-    """A model directory or checkpoint that cannot be converted; one line."""
-
-
-# ---- reading a Hugging Face directory -------------------------------------------------------------
-def _read_json(path: str) -> dict:
-    """A JSON object from a file; anything else (a list, a directory, bad bytes) is one line."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise ConvertError(f"{path} not found: a Hugging Face model directory holds config.json and its weights")
-    except OSError as e:
-        raise ConvertError(f"{path} cannot be read ({e.strerror or e})")
-    except ValueError as e:  # UnicodeDecodeError included
-        raise ConvertError(f"{path} is not valid JSON ({e})")
-    if not isinstance(data, dict):
-        raise ConvertError(f"{path} must hold a JSON object, not a {type(data).__name__}")
-    return data
-
-
-def _load_weight_file(path: str) -> dict:
-    if not os.path.isfile(path):
-        raise ConvertError(f"{path} not found (named by the weights index beside it)")
-    if path.endswith(".safetensors"):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as e:  # cut short, or not a safetensors file at all
-            raise ConvertError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:150]})")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a pickle that would have to run code, or a cut file
-        raise ConvertError(f"{path} cannot be read safely ({type(e).__name__}); a safetensors file is preferred")
-
-
-def _index_shards(index_path: str) -> list:
-    weight_map = _read_json(index_path).get("weight_map")
-    if not isinstance(weight_map, dict) or not weight_map or \
-            not all(isinstance(v, str) and v for v in weight_map.values()):
-        raise ConvertError(f"{index_path}: weight_map must be an object from weight names to shard file names")
-    return sorted(set(weight_map.values()))
-
-
-def read_hf_weights(directory: str) -> dict:
-    """Every tensor of the model: one weight file, or the shards its index names."""
-    for name in WEIGHT_FILES:
-        index = os.path.join(directory, name + ".index.json")
-        if os.path.isfile(index):
-            state = {}
-            for shard in _index_shards(index):
-                state.update(_load_weight_file(os.path.join(directory, shard)))
-            return state
-        if os.path.isfile(os.path.join(directory, name)):
-            return _load_weight_file(os.path.join(directory, name))
-    raise ConvertError(f"{directory} holds no {' or '.join(WEIGHT_FILES)} (nor a sharded index of them)")
-
-
-def _physical_memory() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return 0  # unknown: not checked
-
-
-def check_model_fits(cfg, directory: str) -> None:
-    """Refuse, before anything is allocated, a config.json whose model could not be held in this
-    machine's memory (a vocab_size of 10**12, say). Counted on the meta device from one and two
-    blocks, so a huge layer count costs nothing either."""
-    from training.memory import meta_model
-
-    def count(n_layers):
-        model = meta_model(type(cfg)(**{**cfg.to_dict(), "n_layers": n_layers}))
-        return sum(t.numel() for t in (*model.parameters(), *model.buffers()))
-
-    one, two = count(1), count(2)
-    total = one + (cfg.n_layers - 1) * (two - one)
-    need, have = 4 * total, _physical_memory()
-    if have and need > have:
-        raise ConvertError(f"{directory}: config.json describes a model of {total:,} parameters ({need / 2**30:,.1f} GiB "
-                           f"in float32, vocab_size {cfg.vocab_size:,}, dim {cfg.dim:,}, {cfg.n_layers:,} layers), "
-                           f"more than this machine's {have / 2**30:,.1f} GiB of memory")
-
-
-def import_hf(directory: str, say=print) -> tuple:
-    """(model, LMConfig, Tokenizer) from a local Hugging Face directory, weights copied exactly.
-    Our parameters the directory lacks (an encoder saved without its MLM head) start fresh, said
-    in one line; a weight that does not fit is an error naming it."""
-    from data.tokenizer import load_tokenizer
-    from model import LMConfig, Transformer
-    from model.hf import family_for_hf_config
-
-    if not os.path.isdir(directory):
-        raise ConvertError(f"{directory} is not a directory (a Hugging Face model directory is expected)")
-    hf_config = _read_json(os.path.join(directory, "config.json"))
-    try:
-        family = family_for_hf_config(hf_config)
-        cfg = LMConfig.from_dict(family.config_from_hf(hf_config))
-    except ValueError as e:
-        raise ConvertError(f"{directory}: {e}")
-    check_model_fits(cfg, directory)
-    tokenizer = load_tokenizer(directory)
-    if tokenizer.vocab_size > cfg.vocab_size:
-        raise ConvertError(f"{directory}: the tokenizer has {tokenizer.vocab_size} tokens, the model only "
-                           f"{cfg.vocab_size} embedding rows")
-    if not cfg.causal and tokenizer.mask_id is None:
-        raise ConvertError(f"{directory}: a masked LM needs a mask token, and this tokenizer names none")
-    torch.manual_seed(0)  # parameters the import lacks start the same way every time
-    model = Transformer(cfg)
-    try:
-        ours = family.state_from_hf(read_hf_weights(directory), cfg)
-        result = model.load_state_dict(ours, strict=False)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise ConvertError(f"{directory}: a weight does not fit ({str(e).splitlines()[-1].strip()[:200]})")
-    fresh = [k for k in result.missing_keys if not k.startswith(("mlm_head.", "output."))]
-    if fresh or result.unexpected_keys:
-        what = ", ".join([f"missing {k}" for k in fresh[:3]] + [f"unexpected {k}" for k in result.unexpected_keys[:3]])
-        raise ConvertError(f"{directory}: weights do not match the {cfg.arch} layout ({what})")
-    if result.missing_keys:
-        head = "MLM head" if not cfg.causal else "output layer"
-        say(f"note: {directory} has no {head}; it starts freshly initialised ({len(result.missing_keys)} tensors)")
-    return model.eval(), cfg, tokenizer
+    """A checkpoint that cannot be converted or a vocabulary change that cannot be made; one line
+    (a Hugging Face directory that cannot be read is model/hf/load.py's HFDirectoryError)."""
 
 
 def from_hf(directory: str, out_path: str, say=print) -> str:
-    model, cfg, tokenizer = import_hf(directory, say)
+    from data.tokenizer import load_tokenizer
+    model, cfg, tokenizer = import_hf(directory, load_tokenizer, say)
     check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
     checkpoint.write(out_path, {"model": model.state_dict()}, kind="weights", step=0, model_config=cfg.to_dict(),
                      config={"imported_from": os.path.abspath(directory)}, tokenizer=tokenizer, evaluated="model")

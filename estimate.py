@@ -9,10 +9,9 @@ import math
 import os
 import sys
 
-from utils import OneLineArgumentParser, run_cli
+from utils import DTYPE_BYTES, OneLineArgumentParser, run_cli
 
 DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-COMPUTE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def gib(n: float) -> str:
@@ -20,9 +19,10 @@ def gib(n: float) -> str:
 
 
 def parse(argv):
+    from training.parallel import STRATEGIES
     p = OneLineArgumentParser(prog="python estimate.py", description=__doc__.splitlines()[0])
     p.add_argument("--world_size", type=int, default=1, help="processes (GPUs) the run is spread over")
-    p.add_argument("--strategy", choices=["ddp", "fsdp"], default="ddp",
+    p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "single"], default="ddp",
                    help="ddp: every rank holds everything; fsdp: weights, gradients and optimizer state sharded")
     p.add_argument("--seq_len", type=int, default=None, help="tokens per sample (model.max_seq_len)")
     own, rest = p.parse_known_args(argv)
@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     dtype = "bfloat16" if t.dtype == "auto" else t.dtype  # auto on a GPU with bf16 support
     strategy = own.strategy if own.world_size > 1 else "single"
     kw = dict(batch_size=t.batch_size, world_size=own.world_size, strategy=strategy,
-              compute_bytes=COMPUTE_BYTES[dtype], use_ema=t.use_ema, accumulation_steps=t.accumulation_steps,
+              compute_bytes=DTYPE_BYTES[dtype], use_ema=t.use_ema, accumulation_steps=t.accumulation_steps,
               head_fraction=head_fraction(model_cfg.objective, cfg.data.mask_rate),
               chunk_rows=default_chunk_rows("cpu" if t.device == "cpu" else "cuda"))
     e = estimate(model_cfg, **kw)

@@ -41,23 +41,14 @@ from data.token_bin import TokenBin, token_dtype
 from training.batches import EVAL_SEED, evaluate, masker_for
 from training.config import DataConfig
 from training.distributed import DistInfo
-from utils import UserError, check_device, resolve_dtype, run_cli
+from utils import DTYPES, OneLineArgumentParser, UsageError, check_device, resolve_dtype, run_cli
 
 BATCH_SIZE = 16
 ENCODE_CHUNK = 1024  # documents tokenized per batch call
 
 
-class UsageError(UserError):
-    """A flag or combination of flags this command cannot honour."""
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block, like every other error here
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python evaluate.py", description=__doc__,
+    p = OneLineArgumentParser(prog="python evaluate.py", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="a checkpoint: best.pth or checkpoint_step_N.pth")
     p.add_argument("--data", required=True, help="a processed .bin, a JSONL file, or a .txt / .md file")
@@ -74,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mask_rate", type=float, default=0.15,
                    help="masked LM: share of positions masked (80%% mask token, 10%% random, 10%% kept)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="autocast dtype of the forward pass (default float32)")
     p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
                    help="--ema: the EMA weights; --no-ema: the raw trained weights; default: the weights the "

@@ -24,16 +24,12 @@ from tqdm import tqdm
 
 from model.generation import GenerationConfig
 from model.text_generator import TextGenerator
-from utils import UserError, check_device, run_cli
+from utils import UsageError, check_device, run_cli
 
 
 BATCH_SIZE = 8
 SAMPLING = {"max_new_tokens": 100, "temperature": 0.8, "top_p": 0.9, "repetition_penalty": 1.0,
             "no_repeat_ngram_size": 0}
-
-
-class UsageError(UserError):
-    """A request this checkpoint or input cannot serve; printed as one line, exit code 2."""
 
 
 def load_generator(checkpoint_path: str, device: str = "auto", use_ema=None, int8: bool = False,

@@ -31,8 +31,8 @@ def main(argv=None) -> int:
 
 def _train(cfg) -> int:
     from training import distributed
-    info, device = distributed.setup(cfg.train.ddp or cfg.train.fsdp, cfg.train.device,
-                                     flag="--fsdp" if cfg.train.fsdp else "--ddp")
+    info, device = distributed.setup(cfg.train.parallel != "single", cfg.train.device,
+                                     flag="--fsdp" if cfg.train.parallel == "fsdp" else "--ddp")
     try:
         from training.loop import Trainer, TrainingStopped
         trainer = Trainer(cfg, info, device)

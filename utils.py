@@ -19,11 +19,19 @@ EXIT_BAD_INPUT = 2
 
 class UserError(Exception):
     """A mistake in what the user asked for or gave (flag, file, disk): printed as one line, exit 2.
-    ConfigError, DataError, CheckpointError and the CLIs' own errors derive from it."""
+    ConfigError, UsageError and OutputError (below), DataError, CheckpointError and ConvertError derive from it."""
 
 
 class OutputError(UserError):
     """An output path that cannot be written (read-only, missing, full disk)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A configuration that cannot work; the message is one line naming the key."""
+
+
+class UsageError(UserError):
+    """A flag, a combination of flags or a request a command cannot honour (inference, evaluate)."""
 
 
 def run_cli(main, argv=None) -> int:
@@ -197,7 +205,8 @@ def check_device(name: str) -> "torch.device":
     return device
 
 
-DTYPES = ("float32", "bfloat16", "float16")  # names of torch dtypes --dtype accepts besides auto
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}  # the torch dtypes --dtype names, and their widths
+DTYPES = tuple(DTYPE_BYTES)  # what --dtype accepts besides auto
 
 
 def resolve_dtype(name: str, device: "torch.device") -> "torch.dtype":

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 CHILD = r"""
 import json, os, sys, time, resource
 sys.path.insert(0, {root!r})
-from data.processor import DataProcessor
+from data.packer import DataProcessor
 job, corpus, tok_path, out = sys.argv[1:5]
 SHARD_MB = 4.0  # fixed pieces: a larger corpus means more pieces, not larger ones
 def cpu_seconds():

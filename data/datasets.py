@@ -3,7 +3,6 @@ import numpy as np
 import torch
 
 from data.documents import draw_prefix, known_prefix, suffix_labels
-from data.token_bin import TokenBin  # noqa: F401  (re-exported: the datasets' input type)
 
 
 class _Windows:

@@ -14,18 +14,12 @@ import argparse
 import sys
 
 from data.errors import DataError
-from data.packer import DataProcessor  # noqa: F401  (the processor's Python API, importable from here)
 from data.prepare import prepare_corpus
-from utils import run_cli
-
-
-class _OneLineParser(argparse.ArgumentParser):
-    def error(self, message):  # one line instead of the usage block, like every other error here
-        self.exit(2, f"error: {message}; see {self.prog} --help\n")
+from utils import OneLineArgumentParser, run_cli
 
 
 def build_arg_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="python -m data.processor",
+    p = OneLineArgumentParser(prog="python -m data.processor",
                        description="Validate, tokenize and pack JSONL files into train.bin / val.bin.")
     p.add_argument("inputs", nargs="+", help="JSONL, .json arrays of objects, .txt, .md or .parquet files, "
                                              "directories written by a "

@@ -12,7 +12,6 @@ import os
 import numpy as np
 
 from data.errors import DataError
-from utils import write_json_atomic  # noqa: F401  (the sidecars are written with it)
 
 FORMAT_VERSION = 1
 

@@ -4,13 +4,9 @@ from typing import Optional
 
 from model.blocks import RESIDUALS
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS
-from utils import UserError
+from utils import ConfigError
 
 OBJECTIVES = ("clm", "mlm", "plm")
-
-
-class ConfigError(UserError, ValueError):
-    """A configuration that cannot work; the message is one line naming the key."""
 
 
 # What `model.arch` selects: the values of every family-chosen key the config leaves unset. The

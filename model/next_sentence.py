@@ -1,12 +1,11 @@
 """BERT's next-sentence prediction: the first token's final state through a pooler (dense, tanh),
 then a 2-way classifier. Label 0: the second segment continues the first; 1: it comes from
-another document (transformers' convention, so BertForPreTraining's weights and labels carry over)."""
+another document (data/pairs.py's IS_NEXT, IS_RANDOM: transformers' convention, so BertForPreTraining's
+weights and labels carry over)."""
 import torch
 from torch import nn
 
 from model.config import LMConfig
-
-IS_NEXT, IS_RANDOM = 0, 1
 
 
 class NextSentenceHead(nn.Module):

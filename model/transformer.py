@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from model.attention import KVCache
-from model.blocks import RESIDUALS, Block  # noqa: F401  (Block: the default, pre-norm block)
+from model.blocks import RESIDUALS
 from model.config import LMConfig
 from model.layers import NORMS, POSITIONS
 from model.losses import IGNORE_INDEX, chunked_cross_entropy_sum

@@ -33,7 +33,7 @@ def test_constant_target_matches_closed_form():
     kept = torch.tensor(_decays(0.9, 7), dtype=torch.float64).prod().item()
     assert torch.allclose(ema.shadow["weight"], kept * w0 + (1 - kept) * 2.0, atol=1e-6)
     assert torch.allclose(ema.shadow["bias"], kept * b0 + (1 - kept) * 2.0, atol=1e-6)
-    assert ema.extra_state() == {"decay": 0.9, "num_updates": 7}
+    assert (ema.decay, ema.num_updates) == (0.9, 7)
 
 
 def test_changing_weights_match_the_recurrence():
@@ -111,12 +111,12 @@ def test_state_round_trip_through_weights_only_load(tmp_path):
     ema = EMA(model, decay=0.9)
     _set(model, 1.0)
     ema.update(model), ema.update(model)
-    torch.save({"ema": ema.state_dict(), "ema_extra": ema.extra_state()}, tmp_path / "c.pth")
+    torch.save({"ema": ema.state_dict(), "ema_updates": ema.counter.state_dict()}, tmp_path / "c.pth")
     saved = torch.load(tmp_path / "c.pth", weights_only=True)
     assert set(saved["ema"]) == {"weight", "bias"}  # nothing but the model's names
-    other = EMA(_linear(seed=1), decay=0.5)
+    other = EMA(_linear(seed=1), decay=0.9)  # the decay comes from the run's config, not the checkpoint
     other.load_state_dict(saved["ema"])
-    other.load_extra_state(saved["ema_extra"])
+    other.counter.load_state_dict(saved["ema_updates"])
     assert other.decay == 0.9 and other.num_updates == 2
     assert all(torch.equal(other.shadow[k], ema.shadow[k]) for k in ema.shadow)
     fresh = _linear(seed=2)

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from data.datasets import TokenBin
 from data.errors import DataError
-from data.processor import DataProcessor
+from data.packer import DataProcessor
+from data.token_bin import TokenBin
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT
 

@@ -58,7 +58,7 @@ def test_optimizer_registry_builds_each_entry_with_its_settings():
 
 def test_parallelize_picks_the_strategy_and_clips():
     model = torch.nn.Linear(3, 3)
-    cfg = types.SimpleNamespace(train=types.SimpleNamespace(ddp=True))
+    cfg = types.SimpleNamespace(train=types.SimpleNamespace(parallel="ddp"))
     single = parallel.parallelize(model, cfg, DistInfo(), torch.device("cpu"))  # --ddp on one process
     assert isinstance(single, parallel.SingleProcess) and single.model is model
     model(torch.ones(2, 3)).sum().mul(100).backward()

@@ -98,3 +98,23 @@ def test_data_max_length_names_the_character_cap_and_the_sample_length(tmp_path)
     with pytest.raises(ConfigError, match="data.max_length is now data.max_chars .* data.seq_len"):
         build_config(["--config", write(tmp_path, "data:\n  max_length: 512\n")])
     assert build_config(["--config", write(tmp_path, "data:\n  max_chars: 512\n")]).data.max_chars == 512
+
+
+def test_parallel_is_one_key_the_seed_flags_set(tmp_path):
+    """train.parallel names the strategy; --ddp / --fsdp and an old config's `ddp: true` set it."""
+    assert build_config([]).train.parallel == "single"
+    assert build_config(["--ddp"]).train.parallel == "ddp"
+    assert build_config(["--fsdp"]).train.parallel == "fsdp"
+    assert build_config(["--parallel", "fsdp"]).train.parallel == "fsdp"
+    old = write(tmp_path, "train:\n  ddp: true\n")
+    assert build_config(["--config", old]).train.parallel == "ddp"
+    assert build_config(["--config", old, "--no-ddp"]).train.parallel == "single"
+    assert build_config(["--config", old, "--no-ddp", "--fsdp"]).train.parallel == "fsdp"
+    assert "parallel" in build_config(["--ddp"]).to_dict()["train"]
+    assert "ddp" not in build_config(["--ddp"]).to_dict()["train"]
+    for argv, message in ((["--parallel", "tp"], "train.parallel must be one of single, ddp, fsdp, got 'tp'"),
+                          (["--config", old, "--fsdp"], "--ddp and --fsdp are two ways to spread one run over "
+                                                        "processes; pass one")):
+        with pytest.raises(ConfigError) as e:
+            build_config(argv)
+        assert str(e.value) == message

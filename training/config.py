@@ -11,11 +11,13 @@ from typing import Optional
 
 import yaml
 
-from model.config import ConfigError, LMConfig
-from training.optim import OPTIMIZERS, check_settings as optimizer_problem
+from model.config import LMConfig
+from training.optim import check_settings as optimizer_problem
+from training.parallel import STRATEGIES
 from training.schedule import DECAY_SHAPES, SCHEDULES
+from utils import DTYPES, ConfigError
 
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")
+DTYPE_CHOICES = ("auto",) + DTYPES
 
 
 @dataclass
@@ -86,8 +88,7 @@ class TrainConfig:
     keep_last: int = 3                    # step checkpoints kept; older ones are removed
     max_nan_steps: int = 5                # this many non-finite losses in a row stop the run
     compile: bool = False                 # torch.compile each block
-    ddp: bool = False                     # under torchrun: DistributedDataParallel (every rank holds the whole model)
-    fsdp: bool = False                    # under torchrun: shard the model, gradients and optimizer (FSDP2)
+    parallel: str = "single"              # under torchrun: ddp (every rank holds the whole model) | fsdp (model, gradients and optimizer sharded: FSDP2) | single; --ddp / --fsdp set it
     resume: bool = False                  # continue the run from its newest checkpoint
     resume_from: Optional[str] = None     # with resume: this checkpoint instead of the newest
     init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
@@ -107,6 +108,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     notes: list = field(default_factory=list)   # how conflicting settings were resolved, for the log
     cli_keys: set = field(default_factory=set)  # (section, key) given on the command line
+    parallel_flags: set = field(default_factory=set)  # --ddp / --fsdp (or YAML ddp/fsdp) left on: two are refused
 
     def to_dict(self) -> dict:
         return {"model": dict(self.model), "data": dataclasses.asdict(self.data),
@@ -125,6 +127,9 @@ SECTIONS = {"data": DataConfig, "train": TrainConfig}
 # Flags users type without a section prefix: every train field, e.g. --batch_size, and the model
 # switch users expect beside them.
 SHORT_FLAGS = {**{f.name: "train" for f in fields(TrainConfig)}, "gradient_checkpointing": "model"}
+# The seed's spellings of train.parallel: booleans (--ddp, --no-fsdp, YAML `ddp: true`) that set it.
+PARALLEL_FLAGS = ("ddp", "fsdp")
+SHORT_FLAGS.update({name: "train" for name in PARALLEL_FLAGS})
 # Model keys a run sets itself: a value given for them would be silently replaced.
 DERIVED_MODEL_KEYS = {"pad_token_id": "the pad id comes from the tokenizer"}
 MOVED_KEYS = {("train", "gradient_checkpointing"): "model.gradient_checkpointing (or --gradient_checkpointing)",
@@ -203,11 +208,26 @@ def _apply(cfg: RunConfig, section: str, key: str, value) -> None:
         raise ConfigError(f"unknown config section {section!r}; valid sections: model, data, train")
     if (section, key) in MOVED_KEYS:
         raise ConfigError(f"{section}.{key} is now {MOVED_KEYS[section, key]}")
+    if section == "train" and key in PARALLEL_FLAGS:
+        _parallel_flag(cfg, key, _coerce(value, bool, f"train.{key}"))
+        return
     obj = getattr(cfg, section)
     valid = [f.name for f in fields(obj)]
     if key not in valid:
         raise ConfigError(f"unknown key {section}.{key}; {_nearest_key(section, key, valid)}")
     setattr(obj, key, _coerce(value, _field_type(type(obj), key), f"{section}.{key}"))
+
+
+def _parallel_flag(cfg: RunConfig, name: str, on: bool) -> None:
+    """--ddp / --fsdp (true or false) as train.parallel: on selects it, off falls back to single
+    unless another strategy is selected."""
+    if on:
+        cfg.train.parallel = name
+        cfg.parallel_flags.add(name)
+    else:
+        cfg.parallel_flags.discard(name)
+        if cfg.train.parallel == name:
+            cfg.train.parallel = "single"
 
 
 def load_yaml(path: str) -> dict:
@@ -255,7 +275,8 @@ def parse_cli(argv) -> tuple:
         else:
             raise ConfigError(f"unknown flag --{name}; {_nearest_flag(name)}")
         owner = LMConfig if section == "model" else SECTIONS.get(section)
-        is_bool = owner is not None and key in {f.name for f in fields(owner)} and _field_type(owner, key) is bool
+        is_bool = (section == "train" and key in PARALLEL_FLAGS) or (
+            owner is not None and key in {f.name for f in fields(owner)} and _field_type(owner, key) is bool)
         if not eq:
             if negate or (is_bool and (i + 1 >= len(argv) or argv[i + 1].startswith("--"))):
                 value = "false" if negate else "true"
@@ -380,9 +401,11 @@ def validate(cfg: RunConfig) -> None:
                           f"got {t.eval_samples!r}")
     if not 0 < t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in (0, 1), got {t.ema_decay}")
-    if t.ddp and t.fsdp:
+    if len(cfg.parallel_flags) > 1:
         raise ConfigError("--ddp and --fsdp are two ways to spread one run over processes; pass one")
-    if t.fsdp and t.trainable == "new_embeddings":
+    if t.parallel not in STRATEGIES:
+        raise ConfigError(f"train.parallel must be one of {', '.join(STRATEGIES)}, got {t.parallel!r}")
+    if t.parallel == "fsdp" and t.trainable == "new_embeddings":
         raise ConfigError("train.trainable new_embeddings freezes rows inside a tensor, which --fsdp shards; "
                           "train it with --ddp or in one process")
     if t.resume and t.force_fresh:

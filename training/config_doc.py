@@ -25,6 +25,8 @@ RULES = (
     "`--gradient_checkpointing` is short for `--model.gradient_checkpointing`.",
     "Booleans: `--use_ema`, `--use_ema false`, `--no-use_ema`; dashes equal underscores "
     "(`--force-fresh` is `--force_fresh`).",
+    "`--ddp` and `--fsdp` (or `ddp: true` / `fsdp: true` under `train`) are the booleans that set "
+    "`train.parallel`; the two together are refused.",
     "An unknown key, a wrong type or an impossible combination stops before any work with one line "
     "naming the key (an unknown flag names the nearest one), exit code 2.",
     "Run length: `max_steps > 0` rules over `epochs`; `--epochs` on the command line drops a `max_steps` "

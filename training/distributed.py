@@ -8,8 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from model.config import ConfigError
-from utils import check_device
+from utils import ConfigError, check_device
 
 
 @dataclass

@@ -91,12 +91,6 @@ class EMA:
             for k in self._unique:
                 self.shadow[k].copy_(state[k])
 
-    def extra_state(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates}
-
-    def load_extra_state(self, extra: dict) -> None:
-        self.decay, self.num_updates = float(extra["decay"]), int(extra["num_updates"])
-
     @torch.no_grad()
     def copy_to(self, model) -> None:
         """Overwrite the model's weights with the averages (cast to the model's dtype)."""

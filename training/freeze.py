@@ -14,7 +14,7 @@ import fnmatch
 
 import torch
 
-from model.config import ConfigError
+from utils import ConfigError
 
 VOCAB_PARAMS = ("tok_embeddings.weight", "output.weight", "mlm_head.bias")
 

@@ -4,8 +4,7 @@ shape and the tokenizer come from the source; only settings that do not change t
 meaning may differ."""
 import os
 
-from model.config import ConfigError
-from utils import check_writable_dir
+from utils import ConfigError, check_writable_dir
 
 # May differ from the source: no weight depends on them.
 RUNTIME_KEYS = ("dropout", "gradient_checkpointing", "document_mask")
@@ -19,8 +18,9 @@ class InitSource:
         import checkpoint
         self.expansion = None  # {"new_rows_from", "expanded_from"} when the source's vocabulary was expanded
         if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
-            from convert import import_hf
-            model, cfg, self.tokenizer = import_hf(path, say)
+            from data.tokenizer import load_tokenizer
+            from model.hf.load import import_hf
+            model, cfg, self.tokenizer = import_hf(path, load_tokenizer, say)
             self.weights, self.model_config = model.state_dict(), cfg.to_dict()
         else:
             state = checkpoint.load_checkpoint(path)

@@ -16,7 +16,6 @@ from data.token_shards import open_bin
 from data.tokenizer import load_tokenizer
 from data.word_starts import WordStarts
 from model import LMConfig, Transformer
-from model.config import ConfigError
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
 from training.config import eval_samples_on_resume
 from training.distributed import all_reduce_, any_rank, barrier
@@ -32,7 +31,7 @@ from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, 
 from training.schedule import LRScheduler, extension_note, resolve_warmup
 from training.signals import StopSignals
 from training.throughput import head_fraction, mfu, peak_flops
-from utils import format_count, resolve_dtype, seed_everything
+from utils import ConfigError, format_count, resolve_dtype, seed_everything
 
 
 class TrainingStopped(RuntimeError):
@@ -271,7 +270,7 @@ class Trainer:
         if state.get("data") is None:  # written before checkpoints recorded their data
             self.say(f"note: {path} does not record its training data; the data is not compared")
             rest.pop("data")
-        saved_schedule = dict(state["scheduler"].get("schedule", {}))
+        saved_schedule = dict(state["scheduler"]["schedule"])  # every format-2 checkpoint records it
         ckpt.restore_parts(state, rest, path, say=self.say)
         changed = [f"{k} {saved_schedule[k]} -> {self.scheduler.schedule[k]}" for k in sorted(saved_schedule)
                    if self.scheduler.schedule.get(k) != saved_schedule[k]]

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import torch
 
 from model import LMConfig, Transformer
+from training.parallel import STRATEGIES
 
-STRATEGIES = ("single", "ddp", "fsdp")
 FFN_SAVED = {"swiglu": 4, "gelu": 2, "gelu_tanh": 2}  # hidden-sized tensors a feed-forward saves
 
 

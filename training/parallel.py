@@ -6,8 +6,7 @@ import contextlib
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from model.config import ConfigError
-from utils import resolve_dtype
+from utils import ConfigError, resolve_dtype
 
 
 class SingleProcess:
@@ -92,7 +91,7 @@ def strategy_name(cfg, info) -> str:
     # single-process training.
     if not info.enabled:
         return "single"
-    return "fsdp" if getattr(cfg.train, "fsdp", False) else "ddp" if cfg.train.ddp else "single"
+    return cfg.train.parallel
 
 
 def parallelize(model, cfg, info, device):

@@ -7,9 +7,8 @@ import os
 
 import checkpoint as ckpt
 from data.hf_tokenizer import save_roles
-from model.config import ConfigError
 from training.config import dump_yaml
-from utils import atomic_write, remove_stale_temporaries
+from utils import ConfigError, atomic_write, remove_stale_temporaries
 
 
 def find_resume_path(t, run_dir: str, is_main: bool):

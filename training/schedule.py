@@ -139,8 +139,7 @@ class LRScheduler:
         can say so."""
         self.step_count = int(state["step_count"])
         self.last_lr = self.lr(self.step_count - 1) if self.step_count > 0 else 0.0
-        saved = state.get("schedule", {})  # absent in states saved before it was recorded
-        return sorted(k for k, v in saved.items() if self.schedule.get(k) != v)
+        return sorted(k for k, v in state["schedule"].items() if self.schedule.get(k) != v)
 
 
 def extension_note(saved: dict, current: dict, step: int) -> str:
