@@ -25,7 +25,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tiny_corpus, run_root, objecti
     base_cfg = write_config(run_root / "base.yaml", corpus, data_dir, out, run_name="base", **common)
     started = run_ok(train_cmd("--config", base_cfg))
     if extra:
-        assert "muon: Newton-Schulz on 8 matrices costs" in started.stdout + started.stderr
+        assert "muon: Newton-Schulz on 14 matrices costs" in started.stdout + started.stderr
     cut_cfg = write_config(run_root / "cut.yaml", corpus, data_dir, out, run_name="cut", **common)
     code, _, err = start_and_signal(train_cmd("--config", cut_cfg), str(out / "cut"), at_step=7, sig=signal.SIGKILL)
     assert code == -signal.SIGKILL, err[-2000:]
