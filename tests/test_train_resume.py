@@ -95,7 +95,7 @@ def test_a_resume_on_other_data_is_refused_and_another_global_batch_is_said(tiny
     ckpt = str(out / "a" / "checkpoint_step_4.pth")
     p = run_ok(train_cmd("--config", cfg, "--run_name", "b", "--resume_from", ckpt, "--max_steps", "5",
                          "--batch_size", "4"))
-    said = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("note:") and "batch" in line]
+    said = [line for line in (p.stdout + p.stderr).splitlines() if line.startswith("note:") and "global batch" in line]
     assert len(said) == 1 and "the global batch differs from the checkpoint's: 8 -> 4 samples per step" in said[0]
 
     other = run_root / "other.jsonl"
