@@ -48,9 +48,14 @@ MASKED = {
 }
 
 
-def with_all(recipes: dict) -> dict:
+# What config.yaml adopted (causal: the optimizer and schedule; masked: also the 30% rate).
+ADOPTED = {"clm": ["--optimizer_type", "muon", "--lr_scheduler", "wsd"],
+           "mlm": ["--optimizer_type", "muon", "--lr_scheduler", "wsd", "--data.mask_rate", "0.3"]}
+
+
+def with_all(recipes: dict, objective: str) -> dict:
     flags = [f for name, fl in recipes.items() if name != "baseline" for f in fl]
-    return {**recipes, "all": flags}
+    return {**recipes, "all": flags, "adopted": ADOPTED[objective]}
 
 
 def run_train(flags: list, run_name: str, out_dir: str, threads: int) -> dict:
@@ -99,7 +104,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
-    table = with_all(MASKED if args.objective == "mlm" else CAUSAL)
+    table = with_all(MASKED if args.objective == "mlm" else CAUSAL, args.objective)
     names = args.recipes.split(",") if args.recipes else list(table)
     unknown = [n for n in names if n not in table]
     if unknown:
