@@ -157,12 +157,9 @@ def read_json_or_none(path: str):
         return None
 
 
-def read_jsonl_records(path: str) -> list:
-    """The JSON objects of a JSONL file that a kill may have cut short: unreadable lines (the cut
-    last one, stray bytes) are skipped; [] when the file does not exist."""
-    if not os.path.isfile(path):
-        return []
-    records = []
+def jsonl_objects(path: str):
+    """(line, object) for each line of a JSONL file that a kill may have cut short that holds a
+    JSON object: unreadable lines (the cut last one, stray bytes) are skipped."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
@@ -170,8 +167,7 @@ def read_jsonl_records(path: str) -> list:
             except ValueError:
                 continue
             if isinstance(record, dict):
-                records.append(record)
-    return records
+                yield line, record
 
 
 def seed_everything(seed: int) -> None:

@@ -2,13 +2,12 @@
 start leaves in the directory (stale temporaries removed, a fresh start's old log gone, the
 tokenizer and config written, a resumed run's metrics cut back to its step), and which
 interrupted checkpoints a finished run may drop."""
-import json
 import os
 
 import checkpoint as ckpt
 from data.hf_tokenizer import save_roles
 from training.config import dump_yaml
-from utils import ConfigError, atomic_write, remove_stale_temporaries
+from utils import ConfigError, atomic_write, jsonl_objects, remove_stale_temporaries
 
 
 def find_resume_path(t, run_dir: str, is_main: bool):
@@ -62,15 +61,8 @@ def truncate_metrics(path: str, step: int) -> None:
     """Drop records logged after the checkpoint we resume from, so the file reads as one run.
     Written to a temporary and renamed over the log: a kill or a full disk midway leaves the old
     log whole. Kept records keep their bytes; lines a kill cut short go."""
-    keep = []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and record.get("step", 0) <= step:
-                keep.append(line if line.endswith("\n") else line + "\n")
+    keep = [line if line.endswith("\n") else line + "\n"
+            for line, record in jsonl_objects(path) if record.get("step", 0) <= step]
     atomic_write(path, lambda out: out.writelines(keep), binary=False)
 
 
