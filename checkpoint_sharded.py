@@ -172,7 +172,7 @@ class _MetadataUnpickler(pickle.Unpickler):
 def check_metadata(path: str) -> Metadata:
     """DCP's .metadata, unpickled with the allow-list above and checked: a crafted checkpoint is
     refused instead of running code. Every entry must be a tensor, which DCP reads weights-only; an
-    entry of bytes would be read with torch.load(weights_only=False), and this project writes none.
+    entry of bytes would be unpickled by DCP with code allowed to run, and this project writes none.
     Shard files must lie inside the checkpoint directory."""
     try:
         with open(os.path.join(path, ".metadata"), "rb") as f:

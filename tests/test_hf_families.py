@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from model import ConfigError, LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
 from model.hf import FAMILIES, family_for_config, family_for_hf_config
+from tests.model_checks import assert_loss_and_grads_agree
 
 transformers = pytest.importorskip("transformers")
 
@@ -397,15 +398,7 @@ def test_chunked_loss_and_gradient_checkpointing_change_nothing(arch):
     y = torch.randint(5, VOCAB, (2, 40), generator=g)
     if arch == "bert":
         y = torch.where(torch.rand(2, 40, generator=g) < 0.25, y, -100)
-    results = []
-    for checkpointing, logits in ((False, True), (True, True), (False, False)):
-        m = small(arch, gradient_checkpointing=checkpointing).train()
-        out = m(x, labels=y, return_logits=logits)
-        out.loss.backward()
-        results.append((out.loss.item(), [p.grad.clone() for p in m.parameters()]))
-    for loss, grads in results[1:]:
-        assert loss == pytest.approx(results[0][0], abs=1e-5)
-        assert all((a - b).abs().max() < 1e-5 for a, b in zip(grads, results[0][1]))
+    assert_loss_and_grads_agree(lambda checkpointing: small(arch, gradient_checkpointing=checkpointing), x, y)
 
 
 def test_learned_positions_follow_the_mask_in_cached_generation():
