@@ -73,7 +73,7 @@ def run_train(flags: list, run_name: str, out_dir: str, threads: int) -> dict:
 def step_seconds(flags: list, out_dir: str, name: str, steps: int, threads: int, batch: list) -> float:
     """Median seconds per optimizer step over a short run (the first steps, which allocate and
     warm caches, left out)."""
-    r = run_train([*flags, *batch, "--max_steps", str(steps), "--warmup", "1", "--log_interval", "1",
+    r = run_train([*flags, "--max_steps", str(steps), "--warmup", "1", "--log_interval", "1",
                    "--eval_interval", "100000", "--save_interval", "100000", "--eval_samples", "32"], name, out_dir,
                   threads)
     rates = [rec["tokens_per_s"] for rec in r["train"][3:]]
