@@ -12,7 +12,8 @@ from training.plan import build_plan
 
 def test_the_plan_resolves_the_model_and_leaves_the_config_as_given(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
-    path = write_config(run_root / "plan.yaml", corpus, data_dir, run_root / "out", run_name="plan", max_steps=0, epochs=2)
+    path = write_config(run_root / "plan.yaml", corpus, data_dir, run_root / "out", run_name="plan", max_steps=0,
+                        epochs=2)
     cfg = build_config(["--config", path])
     given = copy.deepcopy(cfg.to_dict())
     plan = build_plan(cfg, DistInfo())
