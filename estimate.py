@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     from training.config import build_config
     from model.losses import default_chunk_rows
     from training.memory import estimate
-    from training.throughput import head_fraction
+    from training.objectives import objective_for
 
     cfg = build_config(rest, default_config="config.yaml" if os.path.exists("config.yaml") else None)
     t = cfg.train
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     strategy = own.strategy if own.world_size > 1 else "single"
     kw = dict(batch_size=t.batch_size, world_size=own.world_size, strategy=strategy,
               compute_bytes=DTYPE_BYTES[dtype], use_ema=t.use_ema, accumulation_steps=t.accumulation_steps,
-              head_fraction=head_fraction(model_cfg.objective, cfg.data.mask_rate),
+              head_fraction=objective_for(model_cfg).head_fraction(cfg.data.mask_rate),
               chunk_rows=default_chunk_rows("cpu" if t.device == "cpu" else "cuda"))
     e = estimate(model_cfg, **kw)
     flipped = estimate(type(model_cfg)(**{**model_cfg.to_dict(),

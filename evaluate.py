@@ -24,22 +24,20 @@ import json
 import math
 import os
 import sys
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from checkpoint import load_for_inference
-from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
 from data.documents import DocumentIndex
 from data.prefix_split import prefix_lengths, prompt_length
 from data.errors import DataError
-from data.pairs import PairWindows
 from data.sources import TEXT_UNITS, iter_records, nothing_usable
 from data.token_bin import TokenBin, token_dtype
-from training.batches import EVAL_SEED, evaluate, masker_for
+from training.batches import EVAL_SEED, evaluate
 from training.config import DataConfig
+from training.objectives import OBJECTIVES, masker_for
 from training.distributed import DistInfo
 from utils import DTYPES, OneLineArgumentParser, UsageError, check_device, resolve_dtype, run_cli
 
@@ -153,43 +151,22 @@ def load_tokens(path: str, tokenizer, text_field: str, text_unit: str, prefix_fi
 
 
 # ---- windows with a progress bar -------------------------------------------------------------------
-class _Progress:
-    """Advances a bar by one batch each time evaluate() starts fetching the next batch's first
-    window (a batch is done once the next one begins; the last is counted when evaluate returns)."""
-    bar, batch_size = None, 1
+class ProgressWindows:
+    """Windows that advance a bar by one batch each time evaluate() starts fetching the next batch's
+    first window (a batch is done once the next one begins; the last is counted when evaluate
+    returns). The samples are the wrapped windows' own, so evaluate() scores exactly what it scores
+    on training's validation windows."""
 
-    def _tick(self, i: int) -> None:
-        if self.bar is not None and i > 0 and i % self.batch_size == 0:
+    def __init__(self, windows, bar, batch_size: int):
+        self.windows, self.bar, self.batch_size = windows, bar, batch_size
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def sample(self, i: int, generator):
+        if i > 0 and i % self.batch_size == 0:
             self.bar.update(1)
-
-
-class _CausalProgress(_Progress, CausalWindows):
-    def __getitem__(self, i):
-        self._tick(i)
-        return super().__getitem__(i)
-
-
-class _MaskedProgress(_Progress, MaskedWindows):
-    def sample(self, i, generator):
-        self._tick(i)
-        return super().sample(i, generator)
-
-
-class _PrefixProgress(_Progress, PrefixWindows):
-    def sample(self, i, generator):
-        self._tick(i)
-        return super().sample(i, generator)
-
-
-def windows_for(token_bin, seq_len: int, objective: str, masker, document_mask: bool = False, prompt_lengths=None):
-    """training.batches.make_windows' windows, with the progress hook (the same classes underneath,
-    so evaluate() treats them exactly as it treats training's validation windows)."""
-    documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
-    if objective == "clm":
-        return _CausalProgress(token_bin, seq_len, documents)
-    if objective == "plm":
-        return _PrefixProgress(token_bin, seq_len, documents, prompt_lengths)
-    return _MaskedProgress(token_bin, seq_len, masker, documents)
+        return self.windows.sample(i, generator)
 
 
 # ---- the command -----------------------------------------------------------------------------------
@@ -201,30 +178,31 @@ def run(args) -> dict:
     weights = "ema" if any("using the EMA weights" in line for line in loaded) else "model"
     for line in loaded:
         print(line, file=sys.stderr)
-    objective = config.objective
+    objective = OBJECTIVES[config.objective]
     seq_len = args.seq_len or config.max_seq_len
     if seq_len > config.max_seq_len:
         raise UsageError(f"--seq_len {seq_len} is longer than the model's context (max_seq_len {config.max_seq_len})")
     masker = None
-    if objective == "mlm":
+    if objective.masks:
         if tokenizer.mask_id is None:
             raise UsageError(f"{args.model_path} is a masked LM but its tokenizer has no mask token")
-        masker = masker_for(SimpleNamespace(data=DataConfig(eval_mask_rate=args.mask_rate)), tokenizer, eval_mode=True)
+        masker = masker_for(DataConfig(eval_mask_rate=args.mask_rate), tokenizer, eval_mode=True)
 
-    if args.prefix_field and not (objective == "plm" and config.document_mask):
+    if args.prefix_field and not objective.takes_prompts(config):
         raise UsageError("--prefix_field makes each document's prompt the prefix of a packed prefix LM; this model is "
-                         f"{objective}{' with' if config.document_mask else ' without'} model.document_mask")
+                         f"{objective.name}{' with' if config.document_mask else ' without'} model.document_mask")
     token_bin, rejected = load_tokens(args.data, tokenizer, args.text_field, args.text_unit, args.prefix_field)
     n_tokens = len(token_bin)
-    need = seq_len if objective == "mlm" else seq_len + 1
+    need = objective.window_tokens(seq_len)
     if n_tokens < need:
         raise DataError(f"{args.data} holds {n_tokens} tokens; one window needs {need} (seq_len {seq_len}"
-                        f"{'' if objective == 'mlm' else ' + 1'}): use more text or a shorter --seq_len")
+                        f"{'' if need == seq_len else ' + 1'}): use more text or a shorter --seq_len")
     text_bytes = token_bin.meta.get("n_text_bytes", 0)
     bytes_per_token = text_bytes / max(1, n_tokens)
 
-    windows = windows_for(token_bin, seq_len, objective, masker, config.document_mask,
-                          token_bin.prompt_lengths if args.prefix_field else None)
+    documents = DocumentIndex(token_bin.doc_offsets()) if config.document_mask else None
+    windows = objective.windows(token_bin, seq_len, masker, documents,
+                                token_bin.prompt_lengths if args.prefix_field else None)
     n_windows = len(windows) if args.max_batches <= 0 else min(len(windows), args.max_batches * args.batch_size)
     n_batches = math.ceil(n_windows / args.batch_size)
     dtype = resolve_dtype(args.dtype, device)
@@ -232,15 +210,14 @@ def run(args) -> dict:
                 else torch.autocast(device.type, dtype=dtype))
     with tqdm(total=n_batches, unit="batch", desc="evaluating", file=sys.stderr, dynamic_ncols=True,
               disable=None) as bar:
-        windows.bar, windows.batch_size = bar, args.batch_size
-        metrics = evaluate(model, windows, args.batch_size, args.max_batches, bytes_per_token, DistInfo(),
-                           device, autocast)
+        metrics = evaluate(model, ProgressWindows(windows, bar, args.batch_size), objective, args.batch_size,
+                           args.max_batches, bytes_per_token, DistInfo(), device, autocast)
         bar.update(n_batches - bar.n)
     if not metrics:
         raise DataError(f"{args.data}: the {n_windows} windows evaluated hold no masked position to score; "
                         "use more text or a larger --mask_rate")
     result = {
-        "model_path": args.model_path, "objective": objective, "weights": weights, "data": args.data,
+        "model_path": args.model_path, "objective": objective.name, "weights": weights, "data": args.data,
         "seq_len": seq_len, "batch_size": args.batch_size, "windows": n_windows, "windows_total": len(windows),
         "tokens": n_tokens, "text_bytes": text_bytes, "targets": metrics["val_tokens"],
         "loss": metrics["val_loss"], "perplexity": metrics["val_ppl"],
@@ -248,26 +225,23 @@ def run(args) -> dict:
     if isinstance(token_bin, TokenArray):
         result["documents"] = token_bin.meta["n_documents"]
         result["skipped"] = dict(sorted(rejected.items()))
-    if objective != "mlm":
-        result["bits_per_byte"] = metrics["val_bpb"]
-    else:
+    if objective.masks:
         result.update(accuracy=metrics["val_mlm_accuracy"], mask_rate=args.mask_rate, mask_seed=EVAL_SEED)
+    else:
+        result["bits_per_byte"] = metrics["val_bpb"]
     if config.next_sentence:  # the masked figures above stay on plain windows, comparable with any masked model
-        pairs = PairWindows(token_bin, seq_len, masker, tokenizer)
-        nsp = evaluate(model, pairs, args.batch_size, args.max_batches, bytes_per_token, DistInfo(), device, autocast)
+        pairs = objective.windows(token_bin, seq_len, masker, pair_tokenizer=tokenizer)
+        nsp = evaluate(model, pairs, objective, args.batch_size, args.max_batches, bytes_per_token, DistInfo(), device, autocast)
         if nsp:
             n_pairs = len(pairs) if args.max_batches <= 0 else min(len(pairs), args.max_batches * args.batch_size)
             result.update(pairs=n_pairs, nsp_loss=nsp["val_nsp_loss"], nsp_accuracy=nsp["val_nsp_accuracy"])
     return result
 
 
-TARGETS = {"clm": "targets", "plm": "targets after the prefixes"}  # what a report line counts
-
-
 def report(r: dict) -> str:
     weights = "EMA weights" if r["weights"] == "ema" else "raw trained weights"
-    kind = {"clm": "causal", "plm": "prefix", "mlm": "masked"}[r["objective"]]
-    lines = [f"model        {r['model_path']} ({kind} LM, {weights})"]
+    objective = OBJECTIVES[r["objective"]]
+    lines = [f"model        {r['model_path']} ({objective.report_kind} LM, {weights})"]
     data = f"data         {r['data']}: {r['tokens']:,} tokens"
     if "documents" in r:
         data += f" from {r['documents']:,} documents"
@@ -275,10 +249,9 @@ def report(r: dict) -> str:
             data += f" ({sum(r['skipped'].values())} skipped: " + \
                     ", ".join(f"{k} {v}" for k, v in r["skipped"].items()) + ")"
     lines.append(data)
-    window = r["seq_len"] if r["objective"] == "mlm" else r["seq_len"] + 1
-    lines.append(f"windows      {r['windows']:,} of {r['windows_total']:,} ({window} tokens each), "
-                 f"{r['targets']:,} {TARGETS.get(r['objective'], 'masked targets')}")
-    if r["objective"] != "mlm":
+    lines.append(f"windows      {r['windows']:,} of {r['windows_total']:,} "
+                 f"({objective.window_tokens(r['seq_len'])} tokens each), {r['targets']:,} {objective.report_targets}")
+    if not objective.masks:
         lines += [f"loss         {r['loss']:.4f}", f"perplexity   {r['perplexity']:.3f}",
                   f"bits/byte    {r['bits_per_byte']:.4f}"]
     else:

@@ -35,7 +35,8 @@ def _train(cfg) -> int:
                                      flag="--fsdp" if cfg.train.parallel == "fsdp" else "--ddp")
     try:
         from training.loop import Trainer, TrainingStopped
-        trainer = Trainer(cfg, info, device)
+        from training.plan import build_plan
+        trainer = Trainer(build_plan(cfg, info), info, device)
         try:
             summary = trainer.train()
         except TrainingStopped as e:

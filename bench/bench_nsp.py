@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -66,23 +65,23 @@ def score(path: str, val_bin: str, batches: int) -> dict:
     import torch
 
     from checkpoint import load_checkpoint, load_for_inference
-    from data.datasets import MaskedWindows
-    from data.pairs import PairWindows
     from data.token_bin import TokenBin
-    from training.batches import evaluate, masker_for
+    from training.batches import evaluate
     from training.config import DataConfig
     from training.distributed import DistInfo
+    from training.objectives import OBJECTIVES, masker_for
 
     model, config, tokenizer = load_for_inference(path)
-    masker = masker_for(SimpleNamespace(data=DataConfig()), tokenizer, eval_mode=True)
+    masker = masker_for(DataConfig(), tokenizer, eval_mode=True)
     token_bin = TokenBin(val_bin)
-    plain = evaluate(model, MaskedWindows(token_bin, config.max_seq_len, masker), 16, batches, 1.0, DistInfo(),
+    masked = OBJECTIVES["mlm"]
+    plain = evaluate(model, masked.windows(token_bin, config.max_seq_len, masker), masked, 16, batches, 1.0, DistInfo(),
                      torch.device("cpu"), torch.autocast("cpu", enabled=False))
     out = {"step": load_checkpoint(path)["step"], "masked_loss": plain["val_loss"],
            "masked_accuracy": plain["val_mlm_accuracy"]}
     if config.next_sentence:
-        pairs = evaluate(model, PairWindows(token_bin, config.max_seq_len, masker, tokenizer), 16, batches, 1.0,
-                         DistInfo(), torch.device("cpu"), torch.autocast("cpu", enabled=False))
+        pairs = evaluate(model, masked.windows(token_bin, config.max_seq_len, masker, pair_tokenizer=tokenizer), masked,
+                         16, batches, 1.0, DistInfo(), torch.device("cpu"), torch.autocast("cpu", enabled=False))
         out["nsp_accuracy"] = pairs["val_nsp_accuracy"]
     return out
 

@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402
-from training.throughput import head_fraction, mfu, peak_flops  # noqa: E402
+from training.objectives import OBJECTIVES  # noqa: E402
+from training.throughput import mfu, peak_flops  # noqa: E402
 from utils import peak_rss_mb, resolve_device, resolve_dtype  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def bench(name, batch, steps, device, dtype, compile_blocks, objective):
         torch.cuda.synchronize()
     elapsed = time.perf_counter() - start
     tok_s = batch * seq * steps / elapsed
-    utilisation = mfu(model, tok_s, peak_flops(device), fraction=head_fraction(objective, 0.15))
+    utilisation = mfu(model, tok_s, peak_flops(device), fraction=OBJECTIVES[objective].head_fraction(0.15))
     mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
     print(f"{name:8s} {objective} params {model.num_params() / 1e6:7.2f}M  batch {batch:3d} x {seq:4d}  "
           f"{tok_s:10.0f} tok/s  MFU {utilisation * 100:5.1f}%  peak mem {mem:8.0f} MiB  ({elapsed / steps * 1000:.0f} ms/step)")

@@ -1,4 +1,7 @@
-"""Training samples over a memory-mapped token file, and the order they are read in."""
+"""Training samples over a memory-mapped token file, and the order they are read in.
+
+Every kind of window gives its samples one way: sample(i, generator) -> a dict of named tensors
+(input_ids, labels, and whatever else the model takes by name), so a reader needs no case per kind."""
 import numpy as np
 import torch
 
@@ -12,6 +15,12 @@ class _Windows:
     def document_ids(self, i: int) -> torch.Tensor:
         """Per-token document numbers of window i's inputs (needs the DocumentIndex `documents`)."""
         return self.documents.ids(i * self.seq_len, self.seq_len)
+
+    def _named(self, i: int, **tensors) -> dict:
+        """A sample's tensors, with document_ids when the windows carry a document index."""
+        if self.documents is not None:
+            tensors["document_ids"] = self.document_ids(i)
+        return tensors
 
 
 class CausalWindows(_Windows):
@@ -30,6 +39,11 @@ class CausalWindows(_Windows):
         window = torch.from_numpy(self.tokens[start:start + self.seq_len + 1].astype(np.int64))
         return window[:-1], window[1:]
 
+    def sample(self, i: int, generator: torch.Generator = None) -> dict:
+        """{input_ids, labels}: nothing is drawn, the generator is not used."""
+        x, y = self[i]
+        return self._named(i, input_ids=x, labels=y)
+
 
 class PrefixWindows(CausalWindows):
     """Causal windows for a prefix LM: each sample draws where its prefix ends from the generator
@@ -43,15 +57,15 @@ class PrefixWindows(CausalWindows):
             raise ValueError("prompt lengths need the document index (model.document_mask)")
         self.prompt_lengths = prompt_lengths
 
-    def sample(self, i: int, generator: torch.Generator):
-        """(x, y, in_prefix): in_prefix [seq_len] bool marks the bidirectional prefix of x."""
+    def sample(self, i: int, generator: torch.Generator) -> dict:
+        """{input_ids, labels, in_prefix}: in_prefix [seq_len] bool marks the bidirectional prefix of x."""
         x, y = self[i]
         if self.prompt_lengths is not None:  # inputs and the last target: it may lie in a prompt too
             in_prefix = known_prefix(self.documents, self.prompt_lengths, i * self.seq_len, self.seq_len + 1)
-            return x, suffix_labels(y, in_prefix), in_prefix[:-1]
+            return self._named(i, input_ids=x, labels=suffix_labels(y, in_prefix), in_prefix=in_prefix[:-1])
         documents = self.document_ids(i) if self.documents is not None else torch.zeros(self.seq_len, dtype=torch.long)
         in_prefix = draw_prefix(documents, generator)
-        return x, suffix_labels(y, in_prefix), in_prefix
+        return self._named(i, input_ids=x, labels=suffix_labels(y, in_prefix), in_prefix=in_prefix)
 
 
 class MaskedWindows(_Windows):
@@ -70,9 +84,11 @@ class MaskedWindows(_Windows):
 
     word_starts = None  # a data.word_starts.WordStarts view of the same .bin: then whole words are masked
 
-    def sample(self, i: int, generator: torch.Generator):
+    def sample(self, i: int, generator: torch.Generator) -> dict:
+        """{input_ids, labels}: the window masked with the generator's draws."""
         starts = None if self.word_starts is None else self.word_starts.window(i * self.seq_len, self.seq_len)
-        return self.masker(self.window(i), generator, starts)
+        x, y = self.masker(self.window(i), generator, starts)
+        return self._named(i, input_ids=x, labels=y)
 
 
 class SampleOrder:

@@ -50,9 +50,10 @@ def main():
                         "--device", "cpu", "--dtype", "float32", "--grad_clip", "1.0", *flags])
     info, device = distributed.setup(False, "cpu")
     from training.loop import Trainer
+    from training.plan import build_plan
     warm_up(cfg.model_config(load_tokenizer(tokenizer).vocab_size), cfg.train.batch_size)
     baseline = status_kib("VmRSS")
-    trainer = Trainer(cfg, info, device)
+    trainer = Trainer(build_plan(cfg, info), info, device)
     trainer.model.train()
     for _ in range(2):
         trainer.train_step()

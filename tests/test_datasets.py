@@ -26,8 +26,8 @@ def test_masked_windows_draw_fresh_masks():
     masker = MLMMasker(4, SPECIAL, VOCAB)
     w = MaskedWindows(FakeBin(np.random.default_rng(0).integers(5, VOCAB, 4096)), 128, masker)
     assert len(w) == 32
-    a = w.sample(3, torch.Generator().manual_seed(1))[1]
-    b = w.sample(3, torch.Generator().manual_seed(2))[1]
+    a = w.sample(3, torch.Generator().manual_seed(1))["labels"]
+    b = w.sample(3, torch.Generator().manual_seed(2))["labels"]
     assert not torch.equal(a, b)
 
 

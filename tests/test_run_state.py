@@ -8,7 +8,8 @@ import torch
 from training import optim, parallel, schedule
 from training.distributed import DistInfo
 from training.run_state import EarlyStopping, NaNGuard, Progress
-from training.throughput import head_fraction, mfu
+from training.objectives import OBJECTIVES
+from training.throughput import mfu
 
 
 def test_nan_guard_counts_runs_and_totals_on_the_device():
@@ -71,6 +72,6 @@ def test_parallelize_picks_the_strategy_and_clips():
 def test_mfu_counts_only_the_masked_positions_of_a_masked_model():
     from tests.gen_fixtures import tiny_model
     m = tiny_model("mlm")
-    assert head_fraction("mlm", 0.15) == 0.15 and head_fraction("clm", 0.15) == 1.0
+    assert OBJECTIVES["mlm"].head_fraction(0.15) == 0.15 and OBJECTIVES["clm"].head_fraction(0.15) == 1.0
     assert mfu(m, 1000.0, m.flops_per_token(0.15) * 4000.0, fraction=0.15) == pytest.approx(0.25)
     assert mfu(m, 1000.0, 0.0) != mfu(m, 1000.0, 0.0)  # unknown peak: NaN, never a made-up figure

@@ -8,12 +8,13 @@ from tests.train_harness import write_config
 from training.config import build_config, eval_samples_on_resume
 from training.distributed import DistInfo
 from training.loop import Trainer
+from training.plan import build_plan
 
 
 def make_trainer(tiny_corpus, run_root, name, *argv, **train):
     corpus, data_dir = tiny_corpus
     path = write_config(run_root / f"{name}.yaml", corpus, data_dir, run_root / "out", run_name=name, **train)
-    return Trainer(build_config(["--config", path, *argv]), DistInfo(), torch.device("cpu"))
+    return Trainer(build_plan(build_config(["--config", path, *argv]), DistInfo()), DistInfo(), torch.device("cpu"))
 
 
 def test_two_batch_sizes_score_the_same_samples(tiny_corpus, run_root):

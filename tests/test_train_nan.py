@@ -10,6 +10,7 @@ from tests.train_harness import read_metrics, write_config
 from training.config import build_config
 from training.distributed import DistInfo
 from training.loop import Trainer, TrainingStopped
+from training.plan import build_plan
 
 
 class PoisonAt(torch.nn.Module):
@@ -30,7 +31,7 @@ class PoisonAt(torch.nn.Module):
 def make_trainer(tiny_corpus, run_root, **train):
     corpus, data_dir = tiny_corpus
     path = write_config(run_root / "nan.yaml", corpus, data_dir, run_root / "out", run_name="nan", **train)
-    return Trainer(build_config(["--config", path]), DistInfo(), torch.device("cpu"))
+    return Trainer(build_plan(build_config(["--config", path]), DistInfo()), DistInfo(), torch.device("cpu"))
 
 
 def test_nan_steps_are_skipped_and_counted(tiny_corpus, run_root):

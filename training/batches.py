@@ -7,35 +7,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.datasets import CausalWindows, MaskedWindows, PrefixWindows, SampleOrder
+from data.datasets import SampleOrder
 from data.documents import DocumentIndex
-from data.masking import MLMMasker
-from data.pairs import PairWindows
 from training.distributed import all_reduce_sum
+from training.objectives import OBJECTIVES
 from utils import IGNORE_INDEX
 
 EVAL_SEED = 1234  # evaluation masks are drawn from this fixed seed so two evaluations agree
 
 
-def masker_for(cfg, tokenizer, eval_mode: bool) -> MLMMasker:
-    d = cfg.data
-    return MLMMasker(tokenizer.mask_id, tokenizer.special_ids, tokenizer.vocab_size,
-                     mask_rate=d.eval_mask_rate if eval_mode else d.mask_rate,
-                     mask_token_frac=d.mask_token_frac, random_token_frac=d.random_token_frac)
-
-
 def make_windows(token_bin, seq_len: int, objective: str, masker=None, document_mask: bool = False,
                  prompt_lengths=None, pair_tokenizer=None):
-    """prompt_lengths (plm with document_mask): each document's prompt is its prefix. pair_tokenizer
-    (mlm): sentence pairs framed with its [CLS] and [SEP], for next-sentence prediction."""
-    if pair_tokenizer is not None:
-        return PairWindows(token_bin, seq_len, masker, pair_tokenizer)
+    """The named objective's windows (training.objectives.Objective.windows), document_mask a flag."""
     documents = DocumentIndex(token_bin.doc_offsets()) if document_mask else None
-    if objective == "clm":
-        return CausalWindows(token_bin, seq_len, documents)
-    if objective == "plm":
-        return PrefixWindows(token_bin, seq_len, documents, prompt_lengths)
-    return MaskedWindows(token_bin, seq_len, masker, documents)
+    return OBJECTIVES[objective].windows(token_bin, seq_len, masker, documents, prompt_lengths, pair_tokenizer)
 
 
 def _sample_generator(seed: int, position: int) -> torch.Generator:
@@ -46,21 +31,9 @@ def _sample_generator(seed: int, position: int) -> torch.Generator:
 
 def fetch(windows, index: int, seed: int, position: int) -> dict:
     """One sample as named tensors: input_ids, labels, and the per-sample fields its windows add
-    (document_ids with a document index, in_prefix for a prefix LM)."""
-    if isinstance(windows, PrefixWindows):
-        x, y, in_prefix = windows.sample(index, _sample_generator(seed, position))
-        sample = {"input_ids": x, "labels": y, "in_prefix": in_prefix}
-    elif isinstance(windows, CausalWindows):
-        x, y = windows[index]
-        sample = {"input_ids": x, "labels": y}
-    elif isinstance(windows, PairWindows):  # named already: token types, padding, next-sentence label
-        sample = windows.sample(index, _sample_generator(seed, position))
-    else:
-        x, y = windows.sample(index, _sample_generator(seed, position))
-        sample = {"input_ids": x, "labels": y}
-    if windows.documents is not None:
-        sample["document_ids"] = windows.document_ids(index)
-    return sample
+    (document_ids with a document index, in_prefix for a prefix LM, token types for pairs), drawn
+    from a generator seeded by (seed, position)."""
+    return windows.sample(index, _sample_generator(seed, position))
 
 
 @dataclass
@@ -100,9 +73,9 @@ def step_positions(order: SampleOrder, samples_seen: int, micro_batch: int, accu
 
 
 @torch.no_grad()
-def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token: float,
+def evaluate(model, windows, objective, batch_size: int, max_batches: int, bytes_per_token: float,
              info, device, autocast, max_samples=None) -> dict:
-    """Loss, perplexity and bits per byte (masked: accuracy too) over a fixed slice of the
+    """Loss, perplexity and the objective's figures (bits per byte; masked: accuracy) over a fixed slice of the
     validation windows, sharded over ranks; sums are reduced, never whole logits kept.
     max_samples (all ranks together; 0 = all), when given, sets the slice instead of max_batches,
     so the windows scored do not depend on the batch size."""
@@ -117,10 +90,10 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
         batch = stack([fetch(windows, i, EVAL_SEED, i) for i in mine[start:start + batch_size]], device)
         y = batch.labels
         with autocast:
-            out = model(batch.inputs, labels=y, return_logits=isinstance(windows, MaskedWindows), **batch.fields)
+            out = model(batch.inputs, labels=y, return_logits=objective.masks, **batch.fields)
         loss_sum += out.loss_sum.float().item()
         targets += float(out.n_targets)
-        if out.logits is not None and isinstance(windows, MaskedWindows):
+        if out.logits is not None and objective.masks:
             correct += (out.logits.argmax(-1) == y[y != IGNORE_INDEX]).sum().item()
         if out.nsp_loss_sum is not None:
             nsp_label = batch.fields["next_sentence_label"]
@@ -134,10 +107,7 @@ def evaluate(model, windows, batch_size: int, max_batches: int, bytes_per_token:
         return {}
     loss = loss_sum / targets
     metrics = {"val_loss": loss, "val_ppl": math.exp(min(loss, 50.0)), "val_tokens": int(targets)}
-    if isinstance(windows, MaskedWindows):
-        metrics["val_mlm_accuracy"] = correct / targets
-        if pairs:
-            metrics.update(val_nsp_loss=nsp_loss / pairs, val_nsp_accuracy=nsp_correct / pairs)
-    else:
-        metrics["val_bpb"] = loss / math.log(2) / bytes_per_token
+    metrics.update(objective.eval_metrics(loss, targets, correct, bytes_per_token))
+    if pairs:
+        metrics.update(val_nsp_loss=nsp_loss / pairs, val_nsp_accuracy=nsp_correct / pairs)
     return metrics

@@ -4,11 +4,15 @@ shape and the tokenizer come from the source; only settings that do not change t
 meaning may differ."""
 import os
 
+from training.objectives import OBJECTIVES
 from utils import ConfigError, check_writable_dir
 
 # May differ from the source: no weight depends on them.
 RUNTIME_KEYS = ("dropout", "gradient_checkpointing", "document_mask")
-DECODERS = ("clm", "plm")  # one set of weights: a causal source continues as a prefix LM, and back
+
+
+def _decoder(objective) -> bool:
+    return objective in OBJECTIVES and OBJECTIVES[objective].causal
 
 
 class InitSource:
@@ -36,8 +40,8 @@ class InitSource:
         command line with another value is one line naming it; the config file's model section
         (written for training from scratch) gives way to the source, with a note."""
         free = set(RUNTIME_KEYS)
-        if requested.get("objective") in DECODERS and self.model_config.get("objective") in DECODERS:
-            free.add("objective")
+        if _decoder(requested.get("objective")) and _decoder(self.model_config.get("objective")):
+            free.add("objective")  # one set of weights: a causal source continues as a prefix LM, and back
         differs = {k: v for k, v in requested.items()
                    if k not in free and k != "pad_token_id" and self.model_config.get(k) != v}
         conflicts = [f"model.{k}={v!r} (the source has {self.model_config.get(k)!r})" for k, v in differs.items()

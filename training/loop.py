@@ -2,6 +2,7 @@
 
 The run's state is a set of parts (training.run_state.StateParts): a checkpoint saves each part's
 state_dict and a resume loads each back, through the one checkpoint module."""
+import dataclasses
 import math
 import os
 import time
@@ -11,27 +12,22 @@ from tqdm import tqdm
 
 import checkpoint as ckpt
 from data.datasets import SampleOrder
-from data.prefix_split import prefix_lengths
-from data.token_shards import open_bin
-from data.tokenizer import load_tokenizer
-from data.word_starts import WordStarts
 from model import LMConfig, Transformer
-from training.batches import collate, evaluate, make_windows, masker_for, step_positions
+from training.batches import collate, evaluate, step_positions
 from training.config import eval_samples_on_resume
 from training.distributed import all_reduce_, any_rank, barrier
 from training.ema import EMA
 from training.freeze import Freezer
-from training.init_from import InitSource
 from training.metrics import MetricsLogger
 from training.optim import allocate_state, build_optimizer, describe_muon, is_fused
 from training.parallel import parallelize
-from training.run_data import prepare_run_data
+from training.plan import say_for
 from training.run_dir import find_resume_path, prepare_run_dir, remove_superseded_interrupted
 from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
-from training.schedule import LRScheduler, extension_note, resolve_warmup
+from training.schedule import LRScheduler, extension_note
 from training.signals import StopSignals
-from training.throughput import head_fraction, mfu, peak_flops
-from utils import ConfigError, format_count, resolve_dtype, seed_everything
+from training.throughput import mfu, peak_flops
+from utils import format_count, resolve_dtype, seed_everything
 
 
 class TrainingStopped(RuntimeError):
@@ -55,20 +51,19 @@ class Cadence:
 
 
 class Trainer:
-    def __init__(self, cfg, info, device):
-        self.cfg, self.info, self.device = cfg, info, device
-        t = cfg.train
-        self.run_dir = os.path.join(t.out_dir, t.run_name)
-        self.say = tqdm.write if info.is_main else (lambda *_: None)
-        for note in cfg.notes:
-            self.say(f"note: {note}")
+    """Trains the run a RunPlan (training.plan.build_plan) describes. The configuration it records
+    is the plan's; the one the plan was built from is never written to."""
 
-        self.init = InitSource(t.init_from, self.say) if t.init_from else None
-        if self.init is not None:
-            self._use_init_tokenizer()
-        paths = prepare_run_data(cfg, info)
-        self.tokenizer = load_tokenizer(paths["tokenizer"])
-        self._build_data(paths)
+    def __init__(self, plan, info, device):
+        self.plan, self.info, self.device = plan, info, device
+        self.cfg = cfg = plan.config  # replaced, never changed, when a resume keeps the first run's eval_samples
+        t = cfg.train
+        self.run_dir, self.say = plan.run_dir, say_for(info)
+        self.init, self.tokenizer, self.model_config = plan.init, plan.tokenizer, plan.model_config
+        self.train_windows, self.val_windows, self.seq_len = plan.train_windows, plan.val_windows, plan.seq_len
+        self.global_batch, self.total_steps = plan.global_batch, plan.total_steps
+        self.order = SampleOrder(len(self.train_windows), t.seed)
+        self.sample_loss = plan.objective.sample_loss(cfg.data)  # a loss over samples beside the token loss
         self.dtype = resolve_dtype(t.dtype, device)
         if device.type == "cpu" and self.dtype != torch.float32:
             self.say(f"note: {t.dtype} autocast on CPU is honoured but is usually far slower than float32 here")
@@ -92,7 +87,7 @@ class Trainer:
         self.model = self.parallel.model
         self.optimizer = build_optimizer(self.raw_model, t, device)
         self.scheduler = LRScheduler(self.optimizer, base_lr=t.learning_rate, min_lr=t.min_lr,
-                                     warmup_steps=self.warmup_steps, total_steps=self.total_steps,
+                                     warmup_steps=plan.warmup_steps, total_steps=self.total_steps,
                                      kind=t.lr_scheduler, power=t.lr_power, decay_fraction=t.decay_fraction,
                                      decay_shape=t.decay_shape)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
@@ -103,7 +98,8 @@ class Trainer:
         self.parts = StateParts(model=self.raw_model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 scaler=self.scaler, progress=self.progress, early_stopping=self.early,
                                 nan_guard=self.nan_guard, rng=RNGStreams(info, t.seed, self.progress),
-                                data=self.data_identity)
+                                data=DataIdentity(plan.train_identity, self.seq_len, t.seed, t.batch_size,
+                                                  t.accumulation_steps, info.world_size, self.say))
         if self.ema is not None:
             self.parts["ema"] = self.ema
             self.parts["ema_updates"] = self.ema.counter  # the warm-up's place: a resume continues it
@@ -118,13 +114,13 @@ class Trainer:
         self.written = []  # names of the files this run wrote, for its closing message
 
         self.peak_flops = peak_flops(device, t.peak_flops)
-        self.head_fraction = head_fraction(self.model_config.objective, cfg.data.mask_rate)
+        self.head_fraction = plan.objective.head_fraction(cfg.data.mask_rate)
         if info.is_main and not self.nothing_to_do:
-            self.written += prepare_run_dir(self.run_dir, cfg, self.tokenizer, resume_path, self.step, self.say)
+            self.written += prepare_run_dir(self.run_dir, self.cfg, self.tokenizer, resume_path, self.step, self.say)
         self.logger = MetricsLogger(self.run_dir, enabled=info.is_main and not self.nothing_to_do,
                                     tensorboard=t.tensorboard,
                                     wandb=t.use_wandb, wandb_project=t.wandb_project,
-                                    wandb_run_name=t.wandb_run_name, config=cfg.to_dict(),
+                                    wandb_run_name=t.wandb_run_name, config=self.cfg.to_dict(),
                                     start_step=self.step)
 
     @property
@@ -132,78 +128,6 @@ class Trainer:
         return self.progress.step
 
     # ---- set-up ---------------------------------------------------------------------------
-    def _build_data(self, paths):
-        cfg, t = self.cfg, self.cfg.train
-        self.fingerprint = self.tokenizer.fingerprint()
-        train_bin = open_bin(paths["train_bin"])  # a .bin, or a shard manifest or glob read as one
-        val_bin = open_bin(paths["val_bin"], "val") if paths.get("val_bin") else None
-        for b in (train_bin, val_bin):
-            if b is not None:
-                b.check_tokenizer(self.fingerprint, self.tokenizer.vocab_size)
-        if self.init is not None:
-            model_dict = self.init.model_settings(cfg.model, {k for s, k in cfg.cli_keys if s == "model"}, self.say)
-        else:
-            model_dict = dict(cfg.model)
-        model_dict.setdefault("vocab_size", 64 * math.ceil(self.tokenizer.vocab_size / 64))
-        model_dict["pad_token_id"] = self.tokenizer.pad_id
-        if cfg.data.pairs:  # sentence pairs train BERT's next-sentence head beside the masked LM
-            model_dict["next_sentence"] = True
-        cfg.model = model_dict
-        self.model_config = cfg.model_config(self.tokenizer.vocab_size)
-        objective = self.model_config.objective
-        recorded = train_bin.meta.get("sample_length")  # the processor's max_length, in tokens
-        fits = recorded is not None and recorded <= self.model_config.max_seq_len
-        if recorded and not fits and not cfg.data.seq_len:
-            self.say(f"note: the data was processed for samples of {recorded} tokens (max_length), longer than the "
-                     f"model's context ({self.model_config.max_seq_len}): windows are the context's length")
-        self.seq_len = seq_len = cfg.data.seq_len or (recorded if fits else self.model_config.max_seq_len)
-        if seq_len > self.model_config.max_seq_len:
-            raise ConfigError(f"data.seq_len {seq_len} is longer than the model's context (model.max_seq_len "
-                              f"{self.model_config.max_seq_len})")
-        masker = masker_for(cfg, self.tokenizer, eval_mode=False) if objective == "mlm" else None
-        eval_masker = masker_for(cfg, self.tokenizer, eval_mode=True) if objective == "mlm" else None
-        documents = self.model_config.document_mask
-        pairs = self.tokenizer if cfg.data.pairs else None
-        if pairs and (objective != "mlm" or self.model_config.token_types < 2 or documents):
-            raise ConfigError("data.pairs needs a masked model with two token types and one pair per window: "
-                              "model.objective mlm, model.token_types >= 2 (model.arch bert) and no model.document_mask")
-        train_prompts = val_prompts = None
-        if cfg.data.prefix_field:  # each document's own prompt is its prefix
-            if objective != "plm" or not documents:
-                raise ConfigError("data.prefix_field makes each document's prompt its prefix: it needs "
-                                  "model.objective plm and model.document_mask true")
-            train_prompts = prefix_lengths(train_bin.path, cfg.data.prefix_field)
-            val_prompts = val_bin and prefix_lengths(val_bin.path, cfg.data.prefix_field)
-        self.train_windows = make_windows(train_bin, seq_len, objective, masker, documents, train_prompts, pairs)
-        if cfg.data.whole_word_mask:
-            if objective != "mlm":
-                raise ConfigError(f"data.whole_word_mask is for masked models (model.objective mlm), not {objective}")
-            self.train_windows.word_starts = WordStarts(train_bin, self.tokenizer)
-        # No validation data at all (data.val_ratio 0, or train_bin alone) is a run without evaluations.
-        no_validation = val_bin is None or (cfg.data.val_ratio == 0 and not cfg.data.val_bin and len(val_bin) == 0)
-        self.val_windows = None if no_validation else make_windows(val_bin, seq_len, objective, eval_masker, documents,
-                                                                   val_prompts, pairs)
-        for split, windows, b in (("train", self.train_windows, train_bin), ("validation", self.val_windows, val_bin)):
-            if windows is not None and len(windows) == 0:
-                raise ConfigError(f"the {split} split ({b.path}) holds {len(b)} tokens, fewer than one window of "
-                                  f"{seq_len} (+1) tokens: use more text, a larger data.val_ratio "
-                                  "for validation, or shorter windows (data.seq_len)")
-        if no_validation:
-            self.say("note: no validation data (data.val_ratio 0 or no data.val_bin): no evaluations, no best.pth and "
-                     "no early stopping; checkpoints are written as usual")
-        self.order = SampleOrder(len(self.train_windows), t.seed)
-        self.data_identity = DataIdentity(train_bin.identity(), seq_len, t.seed, t.batch_size, t.accumulation_steps,
-                                          self.info.world_size, self.say)
-        meta = (val_bin or train_bin).meta
-        self.bytes_per_token = meta["n_text_bytes"] / max(1, meta["n_tokens"])
-        self.global_batch = t.batch_size * t.accumulation_steps * self.info.world_size
-        steps_per_epoch = max(1, len(self.train_windows) // self.global_batch)
-        self.total_steps = t.max_steps if t.max_steps > 0 else t.epochs * steps_per_epoch
-        try:
-            self.warmup_steps = resolve_warmup(t.warmup, self.total_steps)
-        except ValueError as e:
-            raise ConfigError(f"train.warmup: {e}")
-
     def _init_weights(self) -> dict:
         """The source's weights; with data.pairs, a source without a next-sentence head (a masked LM,
         an encoder) gets this model's freshly initialised one, said in one line."""
@@ -214,23 +138,6 @@ class Trainer:
                      f"for data.pairs ({len(head)} tensors)")
             weights = {**weights, **head}
         return weights
-
-    def _use_init_tokenizer(self):
-        """The run reads its corpus with the source's tokenizer (rank 0 writes it for the others)."""
-        d = self.cfg.data
-        if d.tokenizer_path:
-            given = load_tokenizer(d.tokenizer_path).fingerprint()
-            if given == self.init.tokenizer.fingerprint():
-                return
-            if not (self.init.expansion and given == self.init.expansion["expanded_from"]):
-                raise ConfigError(f"data.tokenizer_path {d.tokenizer_path} is not the tokenizer of --init_from "
-                                  f"{self.init.path} (nor the one its vocabulary was expanded from); drop "
-                                  "data.tokenizer_path to use the source's")
-            self.say(f"note: data.tokenizer_path is the tokenizer {self.init.path} was expanded from; the run uses "
-                     "the expanded one")
-        d.tokenizer_path = os.path.join(self.run_dir, "init_tokenizer")
-        if self.info.is_main:
-            self.init.write_tokenizer(d.tokenizer_path)
 
     def _read_resume(self, path) -> dict:
         if not (self.parallel.sharded or ckpt.is_sharded(path)):
@@ -244,7 +151,7 @@ class Trainer:
         if state.get("kind") != "train":
             raise ckpt.CheckpointError(f"cannot resume {path}: it holds weights only (best.pth); resume from a "
                                        "checkpoint_step_N.pth or checkpoint_interrupted.pth")
-        if state.get("tokenizer_fingerprint") != self.fingerprint:
+        if state.get("tokenizer_fingerprint") != self.plan.fingerprint:
             raise ckpt.CheckpointError(f"cannot resume {path}: it was trained with another tokenizer")
         # Through LMConfig so keys added since the checkpoint was written compare as their defaults.
         saved, current = LMConfig.from_dict(dict(state["model_config"])).to_dict(), self.model_config.to_dict()
@@ -266,7 +173,7 @@ class Trainer:
         if kept is not None:
             self.say(f"note: eval_batches {self.cfg.train.eval_batches} is kept as the first run's "
                      f"{kept} validation samples (not {self.cfg.train.eval_samples} at this batch size)")
-            self.cfg.train.eval_samples = kept
+            self.cfg = dataclasses.replace(self.cfg, train=dataclasses.replace(self.cfg.train, eval_samples=kept))
         if state.get("data") is None:  # written before checkpoints recorded their data
             self.say(f"note: {path} does not record its training data; the data is not compared")
             rest.pop("data")
@@ -340,20 +247,21 @@ class Trainer:
         global_targets = self._global_targets(sum(b.n_targets for b in batches))
         scale = info.world_size / global_targets
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
-        nsp_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # next-sentence loss: a mean over pairs
+        samples_sum = torch.zeros((), dtype=torch.float64, device=self.device)  # the objective's loss over samples
         for i, b in enumerate(batches):
             with self.parallel.no_sync(last_micro_step=i == len(batches) - 1):
                 with self.autocast():
                     out = self.model(b.inputs, labels=b.labels, return_logits=False, **b.fields)
                 step_loss = out.loss_sum.float() * scale
-                if out.nsp_loss_sum is not None:
-                    step_loss = step_loss + out.nsp_loss_sum.float() / (t.batch_size * t.accumulation_steps)
-                    nsp_sum += out.nsp_loss_sum.detach()
+                per_samples = getattr(out, self.sample_loss) if self.sample_loss else None
+                if per_samples is not None:  # a mean over the step's samples
+                    step_loss = step_loss + per_samples.float() / (t.batch_size * t.accumulation_steps)
+                    samples_sum += per_samples.detach()
                 self.scaler.scale(step_loss).backward()
             loss_sum += out.loss_sum.detach()
         loss = all_reduce_(loss_sum, info) / global_targets
-        if self.cfg.data.pairs:  # BERT's objective: masked loss plus next-sentence loss
-            loss = loss + all_reduce_(nsp_sum, info) / self.global_batch
+        if self.sample_loss:
+            loss = loss + all_reduce_(samples_sum, info) / self.global_batch
         self.scaler.unscale_(self.optimizer)
         grad_norm = self.parallel.clip_grad_norm(t.grad_clip if t.grad_clip > 0 else float("inf"))
         finite = torch.isfinite(loss)
@@ -387,8 +295,8 @@ class Trainer:
     # ---- the run --------------------------------------------------------------------------
     def _score(self) -> dict:
         t = self.cfg.train
-        return evaluate(self.raw_model, self.val_windows, t.batch_size, 0, self.bytes_per_token, self.info,
-                        self.device, self.autocast(), max_samples=t.eval_samples)
+        return evaluate(self.raw_model, self.val_windows, self.plan.objective, t.batch_size, 0,
+                        self.plan.bytes_per_token, self.info, self.device, self.autocast(), max_samples=t.eval_samples)
 
     def run_evaluation(self) -> dict:
         if self.ema is None:

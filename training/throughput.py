@@ -17,13 +17,6 @@ def peak_flops(device: torch.device, override: float = 0.0) -> float:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), 0.0)
 
 
-def head_fraction(objective: str, mask_rate: float) -> float:
-    """Share of positions whose vocabulary logits a training step computes: all of them for a
-    causal or prefix model (a prefix LM's head runs on its prefix too), only the masked ones for a
-    masked model (its head is evaluated sparsely)."""
-    return mask_rate if objective == "mlm" else 1.0
-
-
 def mfu(model, tokens_per_s: float, peak: float, world_size: int = 1, fraction: float = 1.0) -> float:
     """Achieved training FLOP/s over the peak of every device together; NaN when the peak is unknown."""
     if not peak:
