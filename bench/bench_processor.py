@@ -44,8 +44,7 @@ if job == "encode":
     n_tokens = sum(len(ids) + 1 for b in batches for ids in proc.tokenizer.encode_batch(b))  # + eos, as written
 elif job.startswith("workers"):
     from data.shards import process_sharded
-    settings = dict(text_field="text", val_ratio=0.05, seed=0, chunk_size=2048, max_length=10_000_000, min_chars=1,
-                    text_unit="paragraph")
+    settings = dict(val_ratio=0.05, seed=0, chunk_size=2048)  # the default reading settings
     start, cpu_start = time.perf_counter(), cpu_seconds()
     summary = process_sharded([corpus], os.path.join(os.path.dirname(out), "shards"), tok_path, settings,
                               workers=int(job[len("workers"):]), shard_mb=SHARD_MB,
@@ -93,7 +92,7 @@ def main():
     from data.prepare import ensure_tokenizer
     from data.sample import build_sample_corpus
     sample = build_sample_corpus(os.path.join(ROOT, "dataset", "sample.jsonl"))
-    tok = ensure_tokenizer([sample], os.path.join(ROOT, "dataset", "sample"), 4096, "text")
+    tok = ensure_tokenizer([sample], os.path.join(ROOT, "dataset", "sample"), 4096)
     print(f"CPU cores: {os.cpu_count()}, tokenizer: {tok} (4096 tokens), best of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         big = os.path.join(tmp, "sample_x10.jsonl")

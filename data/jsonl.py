@@ -8,6 +8,7 @@ import os
 
 from data.columnar import is_saved_dataset
 from data.errors import DataError
+from data.reading import ReadSettings
 
 BOM = b"\xef\xbb\xbf"
 REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "missing_field", "non_string",
@@ -57,9 +58,9 @@ class PrefixedText(str):
         return text
 
 
-def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
-    """(text, None) for a usable document, or (None, reason). prefix_field: the field holding the
-    document's prompt, placed before the text; the result is then a PrefixedText."""
+def parse_line(raw: bytes, read: ReadSettings):
+    """(text, None) for a usable document, or (None, reason). With read.prefix_field, the field
+    holding the document's prompt, placed before the text, the result is a PrefixedText."""
     line = raw.rstrip(b"\n").rstrip(b"\r")
     if line.startswith(BOM):
         line = line[len(BOM):]
@@ -73,20 +74,21 @@ def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
         obj = json.loads(decoded)
     except ValueError:
         return None, "invalid_json"
-    return parse_object(obj, text_field, max_chars, prefix_field)
+    return parse_object(obj, read)
 
 
-def parse_object(obj, text_field: str, max_chars: int, prefix_field=None):
+def parse_object(obj, read: ReadSettings):
     """parse_line's checks on one decoded JSON value (a line of JSONL, an element of a JSON array)."""
     if not isinstance(obj, dict):
         return None, "not_object"
-    if text_field not in obj:
+    if read.text_field not in obj:
         return None, "missing_field"
-    text = obj[text_field]
+    text = obj[read.text_field]
     if not isinstance(text, str):
         return None, "non_string"
     if not text.strip():
         return None, "empty_text"
+    prefix_field = read.prefix_field
     if prefix_field is not None:
         if prefix_field not in obj:
             return None, "missing_field"
@@ -95,7 +97,7 @@ def parse_object(obj, text_field: str, max_chars: int, prefix_field=None):
         text = PrefixedText(obj[prefix_field], text)
     if "\x00" in text:
         return None, "contains_nul"
-    if len(text) > max_chars:
+    if len(text) > read.max_chars:
         return None, "too_long"
     try:
         text.encode("utf-8")
