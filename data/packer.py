@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.jsonl import REJECT_REASONS, expand_inputs
+from data.inputs import expand_inputs
+from data.jsonl import REJECT_REASONS
 from data.stats_plot import png_path as stats_png
 from data.stats_plot import write_png as write_stats_png
 from data.reading import DEFAULT_READ, ReadSettings

@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.jsonl import expand_inputs
+from data.inputs import expand_inputs
 from data.packer import is_validation
 from data.reading import ReadSettings
 from data.sources import iter_records

@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from data.jsonl import expand_inputs
+from data.inputs import expand_inputs
 from data.packer import DataProcessor, check_settings
 from data.prefix_split import ensure_prefix_lengths
 from data.reading import DEFAULT_READ, ReadSettings

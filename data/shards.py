@@ -178,7 +178,7 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
                     num_shards: int, shard_index: int, shard_mb: float, resume: bool = True) -> dict:
     """The processor's sharded command: settings checked, the tokenizer found or trained, this
     machine's shards made, a one-line summary printed."""
-    from data.jsonl import expand_inputs
+    from data.inputs import expand_inputs
     from data.packer import check_settings
     from data.prepare import ensure_tokenizer
     from data.sources import nothing_usable

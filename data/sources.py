@@ -8,7 +8,8 @@ import os
 
 from data.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
 from data.errors import DataError
-from data.jsonl import expand_inputs, iter_lines, parse_line, parse_object
+from data.inputs import expand_inputs
+from data.jsonl import iter_lines, parse_line, parse_object
 from data.reading import DEFAULT_READ, ReadSettings
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")

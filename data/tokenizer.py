@@ -12,7 +12,7 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.hf_tokenizer import read_tokenizer_files
-from data.jsonl import expand_inputs
+from data.inputs import expand_inputs
 from data.reading import DEFAULT_READ, ReadSettings
 from data.sources import iter_records, nothing_usable
 from utils import atomic_write
