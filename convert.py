@@ -92,8 +92,8 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     import collections
     import re
 
-    from data.reading import ReadSettings
-    from data.sources import iter_texts
+    from data.sources.settings import ReadSettings
+    from data.sources.records import iter_texts
     counts, surface = collections.Counter(), {}
     for text in iter_texts(files, ReadSettings(text_field=text_field)):
         for w in re.findall(r"\w+", text):

@@ -31,14 +31,14 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_for_inference
-from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
-from data.documents import DocumentIndex
-from data.prefix_split import prefix_lengths, prompt_length
+from data.samples.windows import CausalWindows, MaskedWindows, PrefixWindows
+from data.samples.documents import DocumentIndex
+from data.samples.prefix_split import prefix_lengths, prompt_length
 from data.errors import DataError
-from data.pairs import PairWindows
-from data.reading import DEFAULT_READ, TEXT_UNITS, ReadSettings
-from data.sources import iter_records, nothing_usable
-from data.token_bin import TokenBin, token_dtype
+from data.samples.pairs import PairWindows
+from data.sources.settings import DEFAULT_READ, TEXT_UNITS, ReadSettings
+from data.sources.records import iter_records, nothing_usable
+from data.samples.token_bin import TokenBin, token_dtype
 from training.batches import EVAL_SEED, evaluate, masker_for
 from training.config import DataConfig
 from training.distributed import DistInfo

@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 CHILD = r"""
 import json, os, sys, time, resource
 sys.path.insert(0, {root!r})
-from data.packer import DataProcessor
+from data.build.corpus_processor import DataProcessor
 job, corpus, tok_path, out = sys.argv[1:5]
 SHARD_MB = 4.0  # fixed pieces: a larger corpus means more pieces, not larger ones
 def cpu_seconds():
@@ -43,7 +43,7 @@ if job == "encode":
     start, cpu_start = time.perf_counter(), cpu_seconds()
     n_tokens = sum(len(ids) + 1 for b in batches for ids in proc.tokenizer.encode_batch(b))  # + eos, as written
 elif job.startswith("workers"):
-    from data.shards import process_sharded
+    from data.build.sharded import process_sharded
     settings = dict(val_ratio=0.05, seed=0, chunk_size=2048)  # the default reading settings
     start, cpu_start = time.perf_counter(), cpu_seconds()
     summary = process_sharded([corpus], os.path.join(os.path.dirname(out), "shards"), tok_path, settings,
@@ -89,7 +89,7 @@ def main():
     parser.add_argument("--parquet", action="store_true", help="also process both corpora written as Parquet "
                                                                "(streamed through pyarrow)")
     args = parser.parse_args()
-    from data.prepare import ensure_tokenizer
+    from data.build.prepare import ensure_tokenizer
     from data.sample import build_sample_corpus
     sample = build_sample_corpus(os.path.join(ROOT, "dataset", "sample.jsonl"))
     tok = ensure_tokenizer([sample], os.path.join(ROOT, "dataset", "sample"), 4096)

@@ -14,8 +14,8 @@ import argparse
 import sys
 
 from data.errors import DataError
-from data.prepare import prepare_corpus
-from data.reading import DEFAULT_READ, TEXT_UNITS, ReadSettings
+from data.build.prepare import prepare_corpus
+from data.sources.settings import DEFAULT_READ, TEXT_UNITS, ReadSettings
 from utils import OneLineArgumentParser, run_cli
 
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
 
 
 def _sharded(args) -> int:
-    from data.shards import prepare_sharded
+    from data.build.sharded import prepare_sharded
     if (args.num_shards is None) != (args.shard_index is None):
         raise DataError("--num_shards and --shard_index go together: --num_shards N --shard_index I, I in [0, N)")
     if args.prefix_field or args.word_starts:

@@ -12,9 +12,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.hf_tokenizer import read_tokenizer_files
-from data.inputs import expand_inputs
-from data.reading import DEFAULT_READ, ReadSettings
-from data.sources import iter_records, nothing_usable
+from data.sources.inputs import expand_inputs
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import iter_records, nothing_usable
 from utils import atomic_write
 
 # Fixed ids 0..4, so masks and padding never depend on the corpus.

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.documents import DocumentIndex
+from data.samples.documents import DocumentIndex
 from data.errors import DataError
-from data.prefix_split import prefix_lengths, prefix_path
-from data.prepare import prepare_corpus
-from data.reading import ReadSettings
-from data.token_bin import TokenBin
+from data.samples.prefix_split import prefix_lengths, prefix_path
+from data.build.prepare import prepare_corpus
+from data.sources.settings import ReadSettings
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
 from tests.data_fixtures import FakeBin
 from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config

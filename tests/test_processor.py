@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from data.errors import DataError
-from data.packer import DataProcessor
-from data.reading import ReadSettings
-from data.token_bin import TokenBin
+from data.build.corpus_processor import DataProcessor
+from data.sources.settings import ReadSettings
+from data.samples.token_bin import TokenBin
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT
 
@@ -152,7 +152,7 @@ def test_the_processor_does_not_load_torch():
     import sys
 
     from tests.train_harness import ROOT
-    code = "import sys, data.processor, data.prepare; print('torch' in sys.modules)"
+    code = "import sys, data.processor, data.build.prepare; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
@@ -194,7 +194,7 @@ def test_a_run_rejecting_more_than_a_small_share_says_so_at_the_end(tok, tmp_pat
     assert len(notes) == 1 and notes[0].startswith('note: 10 of 20 documents (50%) were rejected {"too_long": 10}')
     assert "max_chars (1,000 characters)" in notes[0]
     # train.py's data build (data.prepare.prepare_corpus) says it too.
-    from data.prepare import prepare_corpus
+    from data.build.prepare import prepare_corpus
     prepare_corpus([corpus], str(tmp_path / "run"), tokenizer_path=str(root / "tokenizer.json"),
                    read=ReadSettings(max_chars=1000))
     assert 'note: 10 of 20 documents (50%) were rejected {"too_long": 10}' in capsys.readouterr().out

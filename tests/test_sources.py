@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from data.reading import ReadSettings
-from data.sources import iter_records
+from data.sources.settings import ReadSettings
+from data.sources.records import iter_records
 from tests.train_harness import ROOT
 
 TEXT = "\ufeff# Hamlet\n\nTo be, or not to be,\nthat is the question.\n\n\nOk\n\nWhether 'tis nobler in the mind\n"
@@ -52,7 +52,7 @@ def _docs(paths):
     """The documents a processor run stores, decoded."""
     import numpy as np
 
-    from data.token_bin import TokenBin
+    from data.samples.token_bin import TokenBin
     from data.tokenizer import load_tokenizer
     tok = load_tokenizer(paths["tokenizer"])
     b = TokenBin(paths["train"])
@@ -60,7 +60,7 @@ def _docs(paths):
 
 
 def _processor(tmp_path, **kw):
-    from data.packer import DataProcessor
+    from data.build.corpus_processor import DataProcessor
     from tests.data_fixtures import make_tokenizer
     make_tokenizer(tmp_path)
     return DataProcessor(str(tmp_path / "tokenizer.json"), show_progress=False, **kw)
@@ -96,5 +96,5 @@ def test_text_unit_file_makes_each_file_one_document(tmp_path):
     assert proc.stats["documents_kept"] == 2 and proc.stats["rejected"]["empty_text"] == 1
     docs = _docs({**paths, "tokenizer": str(tmp_path / "tokenizer.json")})
     assert docs[0].split() == pages["a.md"].split() and docs[1].strip() == "One line only"
-    from data.shards import plan
+    from data.build.sharded import plan
     assert len(plan([str(tmp_path / "a.md")], 8, "file")) == 1 and len(plan([str(tmp_path / "a.md")], 8, "line")) > 1

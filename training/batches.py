@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.datasets import CausalWindows, MaskedWindows, PrefixWindows, SampleOrder
-from data.documents import DocumentIndex
-from data.masking import MLMMasker
-from data.pairs import PairWindows
+from data.samples.windows import CausalWindows, MaskedWindows, PrefixWindows, SampleOrder
+from data.samples.documents import DocumentIndex
+from data.samples.masking import MLMMasker
+from data.samples.pairs import PairWindows
 from training.distributed import all_reduce_sum
 from utils import IGNORE_INDEX
 

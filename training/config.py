@@ -11,7 +11,7 @@ from typing import Optional
 
 import yaml
 
-from data.reading import DEFAULT_READ
+from data.sources.settings import DEFAULT_READ
 from model.config import LMConfig
 from training.optim import check_settings as optimizer_problem
 from training.parallel import STRATEGIES

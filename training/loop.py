@@ -10,11 +10,11 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from data.datasets import SampleOrder
-from data.prefix_split import prefix_lengths
-from data.token_shards import open_bin
+from data.samples.windows import SampleOrder
+from data.samples.prefix_split import prefix_lengths
+from data.samples.token_shards import open_bin
 from data.tokenizer import load_tokenizer
-from data.word_starts import WordStarts
+from data.samples.word_starts import WordStarts
 from model import LMConfig, Transformer
 from training.batches import collate, evaluate, make_windows, masker_for, step_positions
 from training.config import eval_samples_on_resume

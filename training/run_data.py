@@ -2,11 +2,11 @@
 whole-word masking, the training .bin's word-start file)."""
 import os
 
-from data.prepare import prepare_corpus
-from data.reading import ReadSettings
+from data.build.prepare import prepare_corpus
+from data.sources.settings import ReadSettings
 from data.sample import build_sample_corpus
 from data.tokenizer import load_tokenizer
-from data.word_starts import ensure_word_starts
+from data.samples.word_starts import ensure_word_starts
 from training.distributed import barrier
 
 SAMPLE_CORPUS = "dataset/sample.jsonl"

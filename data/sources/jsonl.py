@@ -5,7 +5,7 @@ that the byte offset after every line is known (the processor resumes from it)."
 import json
 
 from data.errors import DataError
-from data.reading import ReadSettings
+from data.sources.settings import ReadSettings
 
 BOM = b"\xef\xbb\xbf"
 REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "missing_field", "non_string",

@@ -4,7 +4,7 @@ import glob
 import json
 import os
 
-from data.columnar import is_saved_dataset
+from data.sources.columnar import is_saved_dataset
 from data.errors import DataError
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from data.documents import draw_prefix, known_prefix, suffix_labels
+from data.samples.documents import draw_prefix, known_prefix, suffix_labels
 
 
 class _Windows:

@@ -5,13 +5,13 @@ import json
 import os
 import time
 
-from data.inputs import expand_inputs
-from data.packer import DataProcessor, check_settings
-from data.prefix_split import ensure_prefix_lengths
-from data.reading import DEFAULT_READ, ReadSettings
-from data.sources import input_size, nothing_usable
+from data.sources.inputs import expand_inputs
+from data.build.corpus_processor import DataProcessor, check_settings
+from data.samples.prefix_split import ensure_prefix_lengths
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import input_size, nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
-from data.word_starts import ensure_word_starts
+from data.samples.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 

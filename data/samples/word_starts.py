@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.token_bin import TokenBin, idx_path
-from data.token_shards import open_bin
-from data.word_boundaries import SEGMENTER, WordBoundaries
+from data.samples.token_bin import TokenBin, idx_path
+from data.samples.token_shards import open_bin
+from data.samples.word_boundaries import SEGMENTER, WordBoundaries
 from utils import OutputError, read_json_or_none, write_json_atomic
 
 FORMAT = 1

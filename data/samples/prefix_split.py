@@ -16,11 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.inputs import expand_inputs
-from data.packer import is_validation
-from data.reading import ReadSettings
-from data.sources import iter_records
-from data.token_bin import TokenBin
+from data.sources.inputs import expand_inputs
+from data.build.corpus_processor import is_validation
+from data.sources.settings import ReadSettings
+from data.sources.records import iter_records
+from data.samples.token_bin import TokenBin
 from utils import atomic_write, read_json_or_none, write_json_atomic
 
 FORMAT = 1

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from data.errors import DataError
-from data.token_bin import TokenBin
+from data.samples.token_bin import TokenBin
 
 
 class ConcatTokens:

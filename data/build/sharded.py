@@ -20,10 +20,10 @@ from multiprocessing import get_context
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.jsonl import iter_lines
-from data.reading import DEFAULT_READ
-from data.sources import input_size, is_plain_text, is_row_source
-from data.token_bin import FORMAT_VERSION
+from data.sources.jsonl import iter_lines
+from data.sources.settings import DEFAULT_READ
+from data.sources.records import input_size, is_plain_text, is_row_source
+from data.samples.token_bin import FORMAT_VERSION
 from utils import remove_stale_temporaries, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -80,7 +80,7 @@ _processors = {}  # one DataProcessor (and tokenizer) per process, reused for ev
 
 
 def _processor(tokenizer_path, settings):
-    from data.packer import DataProcessor
+    from data.build.corpus_processor import DataProcessor
     key = (tokenizer_path, tuple(sorted(settings.items())))
     if key not in _processors:
         _processors.clear()
@@ -178,10 +178,10 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
                     num_shards: int, shard_index: int, shard_mb: float, resume: bool = True) -> dict:
     """The processor's sharded command: settings checked, the tokenizer found or trained, this
     machine's shards made, a one-line summary printed."""
-    from data.inputs import expand_inputs
-    from data.packer import check_settings
-    from data.prepare import ensure_tokenizer
-    from data.sources import nothing_usable
+    from data.sources.inputs import expand_inputs
+    from data.build.corpus_processor import check_settings
+    from data.build.prepare import ensure_tokenizer
+    from data.sources.records import nothing_usable
     from utils import check_writable_dir
 
     files = expand_inputs(inputs)
@@ -204,7 +204,7 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
     if summary["results"] and kept == 0:
         raise nothing_usable(files, documents_read, rejected, read.text_field)
     split_tokens = {s: sum(r["stats"]["splits"][s]["tokens"] for r in summary["results"]) for s in ("train", "val")}
-    from data.packer import rejection_note
+    from data.build.corpus_processor import rejection_note
     note = rejection_note({"documents_read": documents_read, "rejected": rejected}, read.max_chars)
     if note:
         print(note)

@@ -20,13 +20,13 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.inputs import expand_inputs
-from data.jsonl import REJECT_REASONS
+from data.sources.inputs import expand_inputs
+from data.sources.jsonl import REJECT_REASONS
 from data.stats_plot import png_path as stats_png
 from data.stats_plot import write_png as write_stats_png
-from data.reading import DEFAULT_READ, ReadSettings
-from data.sources import input_size, input_stamp, iter_records
-from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import input_size, input_stamp, iter_records
+from data.samples.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
 from data.tokenizer import load_tokenizer
 from utils import OutputError, atomic_write, write_json_atomic
 

@@ -6,11 +6,11 @@ resume from exactly there, and a rejected record comes with its reason instead o
 import json
 import os
 
-from data.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
+from data.sources.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
 from data.errors import DataError
-from data.inputs import expand_inputs
-from data.jsonl import iter_lines, parse_line, parse_object
-from data.reading import DEFAULT_READ, ReadSettings
+from data.sources.inputs import expand_inputs
+from data.sources.jsonl import iter_lines, parse_line, parse_object
+from data.sources.settings import DEFAULT_READ, ReadSettings
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")
 
