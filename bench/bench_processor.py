@@ -10,7 +10,7 @@ processor (reading, validating, tokenizing, writing, fsync, progress commits) is
 Runs alternate between the two jobs and the best of --repeats is kept, so a busy machine slows
 both alike rather than one of them; CPU seconds (user + system, all threads) are printed too, as
 other tenants of a shared machine move them far less than wall time. Sharded runs (--workers) cut
-the corpus into 4 MB byte ranges processed by K worker processes (data/shards.py); their CPU time
+the corpus into 4 MB byte ranges processed by K worker processes (data/build/sharded.py); their CPU time
 includes the workers', their peak RSS is the largest single process's."""
 import argparse
 import json

@@ -1,5 +1,5 @@
 """Validate, tokenize and pack JSONL files into train.bin / val.bin (the command line of
-data/packer.py's DataProcessor, through data/prepare.py).
+data/build/corpus_processor.py's DataProcessor, through data/build/prepare.py).
 
     python -m data.processor dataset/*.jsonl --out_dir dataset/mycorpus --vocab_size 8192
     python -m data.processor corpus.jsonl --tokenizer tok/tokenizer.json --text_field content --val_ratio 0.01
@@ -8,7 +8,7 @@ data/packer.py's DataProcessor, through data/prepare.py).
 
 With --workers, --num_shards, --shard_index or --shard_mb the output is numbered shards
 (train-00000.bin, val-00000.bin, ...) and manifest.json, which training reads as one dataset
-(data.train_bin: <out_dir>/manifest.json); data/shards.py says how the inputs are cut.
+(data.train_bin: <out_dir>/manifest.json); data/build/sharded.py says how the inputs are cut.
 """
 import argparse
 import sys

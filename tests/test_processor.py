@@ -193,7 +193,7 @@ def test_a_run_rejecting_more_than_a_small_share_says_so_at_the_end(tok, tmp_pat
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith('note: 10 of 20 documents (50%) were rejected {"too_long": 10}')
     assert "max_chars (1,000 characters)" in notes[0]
-    # train.py's data build (data.prepare.prepare_corpus) says it too.
+    # train.py's data build (data.build.prepare.prepare_corpus) says it too.
     from data.build.prepare import prepare_corpus
     prepare_corpus([corpus], str(tmp_path / "run"), tokenizer_path=str(root / "tokenizer.json"),
                    read=ReadSettings(max_chars=1000))

@@ -25,7 +25,7 @@ DTYPE_CHOICES = ("auto",) + DTYPES
 class DataConfig:
     inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL, .txt or .md files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
-    # How documents are read (these four and prefix_field): defaults from data/reading.py's ReadSettings
+    # How documents are read (these four and prefix_field): defaults from data/sources/settings.py's ReadSettings
     text_field: str = DEFAULT_READ.text_field  # JSONL inputs; .txt / .md inputs are plain text
     text_unit: str = DEFAULT_READ.text_unit    # plain text: one document per paragraph, per line or per file
     min_chars: int = DEFAULT_READ.min_chars    # shorter documents are dropped (counted as too_short)

@@ -37,7 +37,7 @@ CHUNK_BYTES = 2 << 20  # text per tokenizer batch: big enough to keep every core
 def is_validation(doc_index: int, seed: int, val_ratio: float, piece=None) -> bool:
     """Whether the doc_index-th kept document goes to validation: a hash, so the split is spread
     over the whole corpus and stable across runs and chunk sizes. piece: the shard's number when
-    the corpus is processed in shards (data/shards.py), which count their documents each."""
+    the corpus is processed in shards (data/build/sharded.py), which count their documents each."""
     key = f"{seed}:{doc_index}" if piece is None else f"{seed}:{piece}:{doc_index}"
     h = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < val_ratio
@@ -121,8 +121,8 @@ class DataProcessor:
     def __init__(self, tokenizer_path: str, read: ReadSettings = DEFAULT_READ, max_length=None,
                  chunk_size: int = 2048, save_interval: int = 0, val_ratio: float = 0.0, seed: int = 0,
                  show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES):
-        """read: how documents are read from the inputs (data/reading.py; with its prefix_field, a
-        record's prompt and text are one document, and data/prefix_split.py records where the prompt
+        """read: how documents are read from the inputs (data/sources/settings.py; with its prefix_field, a
+        record's prompt and text are one document, and data/samples/prefix_split.py records where the prompt
         ends). max_length: what the reference means by it, the length in tokens of the training samples
         (train.py's data.seq_len, which it becomes when none is given: it is recorded in the sidecar
         as sample_length). No document is dropped or cut for it: a longer one packs across
@@ -236,7 +236,7 @@ class DataProcessor:
         self.save_statistics(paths["run_log"])
         write_stats_png(paths["stats"])  # the statistics drawn beside their .json (outside the timing)
         note = rejection_note(self.stats, self.read.max_chars)
-        if note and not piece:  # (a shard's share is summed by data/shards.py)
+        if note and not piece:  # (a shard's share is summed by data/build/sharded.py)
             print(note, flush=True)
         return paths
 

@@ -3,11 +3,11 @@
 The inputs are cut into pieces by a plan that depends only on the inputs and --shard_mb: each file
 is a piece, and a JSONL or text file larger than --shard_mb is cut into byte ranges at record
 boundaries (the line, or the blank line ending a paragraph, after each multiple of --shard_mb).
-Piece i becomes train-0000i.bin / val-0000i.bin, made by data/packer.py's DataProcessor with its
+Piece i becomes train-0000i.bin / val-0000i.bin, made by data/build/corpus_processor.py's DataProcessor with its
 own progress file, so every shard resumes byte-exactly after a SIGKILL. --workers K processes
 pieces in K processes; --num_shards N --shard_index I makes this machine process the pieces i
 with i % N == I: N machines together produce the files one machine would. manifest.json lists
-every shard in order; training reads it (data/token_shards.py) as one dataset."""
+every shard in order; training reads it (data/samples/token_shards.py) as one dataset."""
 import fcntl
 import os
 import signal

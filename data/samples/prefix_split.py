@@ -4,7 +4,7 @@
     train.bin.prefix        uint32 per document: how many of its leading tokens are its prompt
     train.bin.prefix.json   what the counts were computed from; written last
 
-The processor stores a record's prompt and text as one document (data.jsonl.PrefixedText). This
+The processor stores a record's prompt and text as one document (data.sources.jsonl.PrefixedText). This
 pass reads the inputs again in the same order, with the same rejections and the same validation
 split, tokenizes each prompt alone and counts the stored document's leading tokens that agree with
 it; a token the tokenizer merged across the seam counts as completion. The counts are small (four

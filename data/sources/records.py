@@ -1,6 +1,6 @@
 """Documents from the files a corpus is made of, by kind: JSONL (one JSON object per line, the text
 under a field), plain text and Markdown (.txt, .md: one document per line, or per paragraph of
-lines between blank lines), or Parquet and saved Hugging Face datasets (data/columnar.py: the text
+lines between blank lines), or Parquet and saved Hugging Face datasets (data/sources/columnar.py: the text
 column, positions are row numbers). Every record comes with the byte offset after it, so a reader can
 resume from exactly there, and a rejected record comes with its reason instead of its text."""
 import json
@@ -118,7 +118,7 @@ def _text_records(path: str, start: int, unit: str):
 def iter_records(path: str, start: int = 0, read: ReadSettings = DEFAULT_READ):
     """(text, reason, offset after, bytes read) for every record of `path` from byte `start`:
     text is None when the record is rejected, and reason says why. With read.prefix_field (JSONL),
-    each text is a data.jsonl.PrefixedText, the prompt under that field followed by the text."""
+    each text is a data.sources.jsonl.PrefixedText, the prompt under that field followed by the text."""
     if is_columnar(path):
         records = iter_columnar(path, start, read.text_field)
     elif is_plain_text(path):
