@@ -92,9 +92,10 @@ def mine_words(files, tokenizer, top: int, min_count: int, text_field: str = "te
     import collections
     import re
 
-    from data.sources import iter_texts
+    from data.sources.settings import ReadSettings
+    from data.sources.records import iter_texts
     counts, surface = collections.Counter(), {}
-    for text in iter_texts(files, text_field):
+    for text in iter_texts(files, ReadSettings(text_field=text_field)):
         for w in re.findall(r"\w+", text):
             if 2 <= len(w) <= 24:
                 key = surface.setdefault(w, _match_form(tokenizer, w))

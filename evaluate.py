@@ -30,11 +30,12 @@ import torch
 from tqdm import tqdm
 
 from checkpoint import load_for_inference
-from data.documents import DocumentIndex
-from data.prefix_split import prefix_lengths, prompt_length
+from data.samples.documents import DocumentIndex
+from data.samples.prefix_split import prefix_lengths, prompt_length
 from data.errors import DataError
-from data.sources import TEXT_UNITS, iter_records, nothing_usable
-from data.token_bin import TokenBin, token_dtype
+from data.sources.settings import DEFAULT_READ, TEXT_UNITS, ReadSettings
+from data.sources.records import iter_records, nothing_usable
+from data.samples.token_bin import TokenBin, token_dtype
 from training.batches import EVAL_SEED, evaluate
 from training.config import DataConfig
 from training.objectives import OBJECTIVES, masker_for
@@ -50,14 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_path", required=True, help="a checkpoint: best.pth or checkpoint_step_N.pth")
     p.add_argument("--data", required=True, help="a processed .bin, a JSONL file, or a .txt / .md file")
-    p.add_argument("--text_field", default="text", help="JSONL: the field holding the text")
-    p.add_argument("--text_unit", choices=TEXT_UNITS, default="paragraph",
+    p.add_argument("--text_field", default=DEFAULT_READ.text_field, help="JSONL: the field holding the text")
+    p.add_argument("--text_unit", choices=TEXT_UNITS, default=DEFAULT_READ.text_unit,
                    help=".txt / .md: one document per blank-line-separated paragraph (default), per line, or per file")
     p.add_argument("--max_batches", type=int, default=0, help="evaluate at most this many batches (0 = all)")
     p.add_argument("--batch_size", type=int, default=BATCH_SIZE, help=f"windows per batch (default {BATCH_SIZE})")
     p.add_argument("--seq_len", type=int, default=None,
                    help="window length (default: the model's max_seq_len; a run trained with a shorter data.seq_len evaluated with it)")
-    p.add_argument("--prefix_field", default=None,
+    p.add_argument("--prefix_field", default=DEFAULT_READ.prefix_field,
                    help="a packed prefix LM trained with data.prefix_field: the JSONL field holding each record's "
                         "prompt (a .bin: read its .prefix file), taken as each document's prefix")
     p.add_argument("--mask_rate", type=float, default=0.15,
@@ -120,8 +121,8 @@ def tokenize_file(path: str, tokenizer, text_field: str, text_unit: str, prefix_
                 prompts.append(prompt_length(tokenizer.frame(ids), pieces[first + k]))
         texts.clear()
 
-    for text, reason, _offset, _size in iter_records(path, 0, text_field=text_field, text_unit=text_unit,
-                                                     prefix_field=prefix_field):
+    reading = ReadSettings(text_field=text_field, text_unit=text_unit, prefix_field=prefix_field)
+    for text, reason, _offset, _size in iter_records(path, 0, reading):
         read += 1
         if text is None:
             rejected[reason] = rejected.get(reason, 0) + 1

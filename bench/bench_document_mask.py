@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.bench_train import model_config  # noqa: E402
-from data.documents import DocumentIndex, draw_prefix  # noqa: E402
-from data.token_bin import TokenBin  # noqa: E402
+from data.samples.documents import DocumentIndex, draw_prefix  # noqa: E402
+from data.samples.token_bin import TokenBin  # noqa: E402
 from model import Transformer  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 from training.optim import build_optimizer  # noqa: E402

@@ -65,7 +65,7 @@ def score(path: str, val_bin: str, batches: int) -> dict:
     import torch
 
     from checkpoint import load_checkpoint, load_for_inference
-    from data.token_bin import TokenBin
+    from data.samples.token_bin import TokenBin
     from training.batches import evaluate
     from training.config import DataConfig
     from training.distributed import DistInfo
@@ -107,7 +107,7 @@ def main() -> None:
     with open(config, "w") as f:
         f.write(CONFIG.format(dim=args.dim, layers=args.layers, seq_len=args.seq_len, corpus=corpus, out=args.out,
                               tokenizer=tokenizer, batch_size=args.batch_size))
-    from data.prepare import prepare_corpus
+    from data.build.prepare import prepare_corpus
     prepare_corpus([corpus], os.path.join(args.out, "data"), tokenizer_path=tokenizer, val_ratio=0.05,
                    seed=7)  # once, before the runs (which would race to build it); seed: train.seed
     runs = train_together(config, args.seconds)

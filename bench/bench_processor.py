@@ -10,7 +10,7 @@ processor (reading, validating, tokenizing, writing, fsync, progress commits) is
 Runs alternate between the two jobs and the best of --repeats is kept, so a busy machine slows
 both alike rather than one of them; CPU seconds (user + system, all threads) are printed too, as
 other tenants of a shared machine move them far less than wall time. Sharded runs (--workers) cut
-the corpus into 4 MB byte ranges processed by K worker processes (data/shards.py); their CPU time
+the corpus into 4 MB byte ranges processed by K worker processes (data/build/sharded.py); their CPU time
 includes the workers', their peak RSS is the largest single process's."""
 import argparse
 import json
@@ -25,7 +25,7 @@ sys.path.insert(0, ROOT)
 CHILD = r"""
 import json, os, sys, time, resource
 sys.path.insert(0, {root!r})
-from data.packer import DataProcessor
+from data.build.corpus_processor import DataProcessor
 job, corpus, tok_path, out = sys.argv[1:5]
 SHARD_MB = 4.0  # fixed pieces: a larger corpus means more pieces, not larger ones
 def cpu_seconds():
@@ -43,9 +43,8 @@ if job == "encode":
     start, cpu_start = time.perf_counter(), cpu_seconds()
     n_tokens = sum(len(ids) + 1 for b in batches for ids in proc.tokenizer.encode_batch(b))  # + eos, as written
 elif job.startswith("workers"):
-    from data.shards import process_sharded
-    settings = dict(text_field="text", val_ratio=0.05, seed=0, chunk_size=2048, max_length=10_000_000, min_chars=1,
-                    text_unit="paragraph")
+    from data.build.sharded import process_sharded
+    settings = dict(val_ratio=0.05, seed=0, chunk_size=2048)  # the default reading settings
     start, cpu_start = time.perf_counter(), cpu_seconds()
     summary = process_sharded([corpus], os.path.join(os.path.dirname(out), "shards"), tok_path, settings,
                               workers=int(job[len("workers"):]), shard_mb=SHARD_MB,
@@ -90,10 +89,10 @@ def main():
     parser.add_argument("--parquet", action="store_true", help="also process both corpora written as Parquet "
                                                                "(streamed through pyarrow)")
     args = parser.parse_args()
-    from data.prepare import ensure_tokenizer
+    from data.build.prepare import ensure_tokenizer
     from data.sample import build_sample_corpus
     sample = build_sample_corpus(os.path.join(ROOT, "dataset", "sample.jsonl"))
-    tok = ensure_tokenizer([sample], os.path.join(ROOT, "dataset", "sample"), 4096, "text")
+    tok = ensure_tokenizer([sample], os.path.join(ROOT, "dataset", "sample"), 4096)
     print(f"CPU cores: {os.cpu_count()}, tokenizer: {tok} (4096 tokens), best of {args.repeats}")
     with tempfile.TemporaryDirectory() as tmp:
         big = os.path.join(tmp, "sample_x10.jsonl")

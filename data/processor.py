@@ -1,5 +1,5 @@
 """Validate, tokenize and pack JSONL files into train.bin / val.bin (the command line of
-data/packer.py's DataProcessor, through data/prepare.py).
+data/build/corpus_processor.py's DataProcessor, through data/build/prepare.py).
 
     python -m data.processor dataset/*.jsonl --out_dir dataset/mycorpus --vocab_size 8192
     python -m data.processor corpus.jsonl --tokenizer tok/tokenizer.json --text_field content --val_ratio 0.01
@@ -8,13 +8,14 @@ data/packer.py's DataProcessor, through data/prepare.py).
 
 With --workers, --num_shards, --shard_index or --shard_mb the output is numbered shards
 (train-00000.bin, val-00000.bin, ...) and manifest.json, which training reads as one dataset
-(data.train_bin: <out_dir>/manifest.json); data/shards.py says how the inputs are cut.
+(data.train_bin: <out_dir>/manifest.json); data/build/sharded.py says how the inputs are cut.
 """
 import argparse
 import sys
 
 from data.errors import DataError
-from data.prepare import prepare_corpus
+from data.build.prepare import prepare_corpus
+from data.sources.settings import DEFAULT_READ, TEXT_UNITS, ReadSettings
 from utils import OneLineArgumentParser, run_cli
 
 
@@ -28,20 +29,22 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer", default=None, help="an existing tokenizer.json or Hugging Face directory "
                                                      "(default: train one)")
     p.add_argument("--vocab_size", type=int, default=4096, help="size of a newly trained tokenizer")
-    p.add_argument("--text_field", default="text", help="JSON field holding the text (text, content, completion...)")
+    p.add_argument("--text_field", default=DEFAULT_READ.text_field,
+                   help="JSON field holding the text (text, content, completion...)")
     p.add_argument("--val_ratio", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     p.add_argument("--chunk_size", type=int, default=2048, help="documents tokenized per batch")
     p.add_argument("--max_length", type=int, default=None,
                    help="length in tokens of the training samples (recorded for train.py's data.seq_len); "
                         "no document is dropped for it: long ones pack across samples")
-    p.add_argument("--max_chars", type=int, default=10_000_000,
+    p.add_argument("--max_chars", type=int, default=DEFAULT_READ.max_chars,
                    help="longest document kept, in characters (tokenizer training skips longer ones too)")
-    p.add_argument("--min_chars", type=int, default=1, help="shortest document kept, in characters")
-    p.add_argument("--text_unit", choices=["paragraph", "line", "file"], default="paragraph",
+    p.add_argument("--min_chars", type=int, default=DEFAULT_READ.min_chars,
+                   help="shortest document kept, in characters")
+    p.add_argument("--text_unit", choices=TEXT_UNITS, default=DEFAULT_READ.text_unit,
                    help=".txt/.md inputs: one document per blank-line-separated paragraph (default), per line, or "
                         "per file (a folder of Markdown pages: each file one document)")
-    p.add_argument("--prefix_field", default=None,
+    p.add_argument("--prefix_field", default=DEFAULT_READ.prefix_field,
                    help="JSONL: the field holding each record's prompt, stored before its text as one document; "
                         "train.bin.prefix / val.bin.prefix record where each prompt ends (prefix-LM training)")
     p.add_argument("--word_starts", action="store_true",
@@ -63,29 +66,26 @@ def main(argv=None) -> int:
     args = build_arg_parser().parse_args(argv)
     if any(v is not None for v in (args.workers, args.num_shards, args.shard_index, args.shard_mb)):
         return _sharded(args)
-    prepare_corpus(args.inputs, args.out_dir, vocab_size=args.vocab_size, text_field=args.text_field,
+    prepare_corpus(args.inputs, args.out_dir, ReadSettings.of(args), vocab_size=args.vocab_size,
                    val_ratio=args.val_ratio, tokenizer_path=args.tokenizer, seed=args.seed,
-                   chunk_size=args.chunk_size, resume=args.resume, max_chars=args.max_chars,
-                   max_length=args.max_length,
-                   prefix_field=args.prefix_field,
-                   min_chars=args.min_chars, text_unit=args.text_unit, word_starts=args.word_starts)
+                   chunk_size=args.chunk_size, resume=args.resume, max_length=args.max_length,
+                   word_starts=args.word_starts)
     return 0
 
 
 def _sharded(args) -> int:
-    from data.shards import prepare_sharded
+    from data.build.sharded import prepare_sharded
     if (args.num_shards is None) != (args.shard_index is None):
         raise DataError("--num_shards and --shard_index go together: --num_shards N --shard_index I, I in [0, N)")
-    if getattr(args, "prefix_field", None) or getattr(args, "word_starts", False):
+    if args.prefix_field or args.word_starts:
         raise DataError("--prefix_field and --word_starts write sidecars of train.bin / val.bin; they are not "
                         "made for sharded output yet: drop --workers / --num_shards / --shard_index / --shard_mb")
     prepare_sharded(args.inputs, args.out_dir, vocab_size=args.vocab_size, tokenizer_path=args.tokenizer,
                     workers=1 if args.workers is None else args.workers, num_shards=args.num_shards or 1,
                     shard_index=args.shard_index or 0, shard_mb=256.0 if args.shard_mb is None else args.shard_mb,
                     resume=args.resume,
-                    settings=dict(text_field=args.text_field, val_ratio=args.val_ratio, seed=args.seed,
-                                  chunk_size=args.chunk_size, max_length=args.max_length, max_chars=args.max_chars, min_chars=args.min_chars,
-                                  text_unit=args.text_unit))
+                    settings=dict(read=ReadSettings.of(args), val_ratio=args.val_ratio, seed=args.seed,
+                                  chunk_size=args.chunk_size, max_length=args.max_length))
     return 0
 
 

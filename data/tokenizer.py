@@ -12,8 +12,9 @@ from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from data.errors import DataError
 from data.hf_tokenizer import read_tokenizer_files
-from data.jsonl import expand_inputs
-from data.sources import iter_records, nothing_usable
+from data.sources.inputs import expand_inputs
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import iter_records, nothing_usable
 from utils import atomic_write
 
 # Fixed ids 0..4, so masks and padding never depend on the corpus.
@@ -175,16 +176,14 @@ def _bound_run(match) -> str:
     return " ".join(run[i:i + TRAIN_MAX_WORD] for i in range(0, len(run), TRAIN_MAX_WORD))
 
 
-def training_texts(files, text_field: str, max_chars: int, counts: dict, min_chars: int = 1,
-                   text_unit: str = "paragraph", prefix_field=None):
+def training_texts(files, read: ReadSettings, counts: dict):
     """The corpus as tokenizer training reads it: records the processor would reject skipped (and
     counted by reason), each document cut to TRAIN_MAX_DOC characters, runs over TRAIN_MAX_WORD bounded.
-    prefix_field: each document is its prompt then its text, as the processor stores it."""
+    With read.prefix_field, each document is its prompt then its text, as the processor stores it."""
     from tqdm import tqdm
     with tqdm(unit=" docs", desc="tokenizer: reading", file=sys.stderr, mininterval=1.0) as bar:
         for path in expand_inputs(files):
-            for text, reason, _, _ in iter_records(path, 0, text_field, max_chars, min_chars, text_unit,
-                                                   prefix_field):
+            for text, reason, _, _ in iter_records(path, 0, read):
                 counts["read"] += 1
                 if text is None:
                     counts["rejected"][reason] = counts["rejected"].get(reason, 0) + 1
@@ -203,9 +202,8 @@ def training_texts(files, text_field: str, max_chars: int, counts: dict, min_cha
           "training BPE merges...", file=sys.stderr, flush=True)
 
 
-def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: str = "text",
-                    max_chars: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
-                    say=print, prefix_field=None) -> Tokenizer:
+def train_tokenizer(files, out_path: str, vocab_size: int = 4096, read: ReadSettings = DEFAULT_READ,
+                    say=print) -> Tokenizer:
     if not MIN_VOCAB <= vocab_size <= 2**32 - 1:
         raise DataError(f"vocab_size must be at least {MIN_VOCAB} (256 bytes + {len(SPECIAL_TOKENS)} special "
                         f"tokens), got {vocab_size}")
@@ -216,10 +214,10 @@ def train_tokenizer(files, out_path: str, vocab_size: int = 4096, text_field: st
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=True,
                                   min_frequency=2)
     counts = {"read": 0, "rejected": {}, "documents": 0, "characters": 0, "documents_cut": 0, "words_cut": 0}
-    texts = training_texts(files, text_field, max_chars, counts, min_chars, text_unit, prefix_field)
+    texts = training_texts(files, read, counts)
     backend.train_from_iterator(texts, trainer=trainer)
     if not counts["documents"]:  # a tokenizer of bytes alone would be of no use: say why instead
-        raise nothing_usable(expand_inputs(files), counts["read"], counts["rejected"], text_field)
+        raise nothing_usable(expand_inputs(files), counts["read"], counts["rejected"], read.text_field)
     if counts["documents_cut"] or counts["words_cut"]:
         say(f"tokenizer: for training only, cut {counts['documents_cut']} document(s) to {TRAIN_MAX_DOC:,} characters "
             f"and split or shortened {counts['words_cut']} run(s) of over {TRAIN_MAX_WORD} characters of non-space "

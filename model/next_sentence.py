@@ -1,6 +1,6 @@
 """BERT's next-sentence prediction: the first token's final state through a pooler (dense, tanh),
 then a 2-way classifier. Label 0: the second segment continues the first; 1: it comes from
-another document (data/pairs.py's IS_NEXT, IS_RANDOM: transformers' convention, so BertForPreTraining's
+another document (data/samples/pairs.py's IS_NEXT, IS_RANDOM: transformers' convention, so BertForPreTraining's
 weights and labels carry over)."""
 import torch
 from torch import nn

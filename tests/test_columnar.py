@@ -12,8 +12,8 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from data.columnar import iter_columnar  # noqa: E402
-from data.sources import iter_records  # noqa: E402
+from data.sources.columnar import iter_columnar  # noqa: E402
+from data.sources.records import iter_records  # noqa: E402
 from tests.data_fixtures import GOOD_WORDS, make_tokenizer  # noqa: E402
 from tests.train_harness import ROOT  # noqa: E402
 
@@ -177,7 +177,7 @@ def test_a_batch_at_a_time(inputs, monkeypatch):
             seen.append(batch.num_rows)
             yield batch
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
-    monkeypatch.setattr("data.columnar.BATCH_ROWS", 10)
+    monkeypatch.setattr("data.sources.columnar.BATCH_ROWS", 10)
     reader = iter_columnar(paths["parquet"], 0, "text")
     for _ in range(15):
         next(reader)

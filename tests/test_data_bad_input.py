@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from data.packer import DataProcessor
-from data.token_bin import TokenBin
+from data.build.corpus_processor import DataProcessor
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
 from tests.train_harness import ROOT, write_corpus
 from utils import OutputError
@@ -144,7 +144,7 @@ def test_full_disk_is_one_line_and_a_rerun_resumes_to_the_same_output(tmp_path, 
 
 @pytest.mark.slow
 def test_data_package_has_no_import_cycle():
-    code = ("import sys, importlib; importlib.import_module('data.prepare'); "
+    code = ("import sys, importlib; importlib.import_module('data.build.prepare'); "
             "print('data.processor' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr  # prepare needs only the packer
@@ -153,7 +153,7 @@ def test_data_package_has_no_import_cycle():
 
 def _hand_bin(tmp_path, tokens, meta_changes=(), vocab_size=300):
     """A token file, its offsets and a sidecar as the processor writes them, then meta_changes applied."""
-    from data.token_bin import FORMAT_VERSION
+    from data.samples.token_bin import FORMAT_VERSION
     import numpy as np
     path = tmp_path / "train.bin"
     np.asarray(tokens, dtype="<u2").tofile(path)
@@ -183,7 +183,7 @@ def test_a_sidecar_that_does_not_describe_its_file_is_one_line(tmp_path, lie, fr
 
 def test_token_ids_beyond_the_vocabulary_are_refused_before_work(tmp_path):
     from data.errors import DataError
-    from data.token_shards import open_bin
+    from data.samples.token_shards import open_bin
     path = _hand_bin(tmp_path, [5, 7, 299, 300, 2])
     b = open_bin(path)
     b.check_tokenizer("fp")  # the fingerprint alone does not read the tokens

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.datasets import CausalWindows, MaskedWindows, SampleOrder
-from data.masking import MLMMasker
+from data.samples.windows import CausalWindows, MaskedWindows, SampleOrder
+from data.samples.masking import MLMMasker
 
 SPECIAL = [0, 1, 2, 3, 4]
 VOCAB = 1000

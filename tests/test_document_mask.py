@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.documents import DocumentIndex
+from data.samples.documents import DocumentIndex
 from model import LMConfig, Transformer
 from tests.data_fixtures import FakeBin
 from training.batches import fetch, make_windows
@@ -71,7 +71,7 @@ def test_document_index_numbers_tokens_by_document():
 
 @pytest.mark.parametrize("objective", ["clm", "plm", "mlm"])
 def test_windows_carry_document_ids_only_when_asked(objective):
-    from data.masking import MLMMasker
+    from data.samples.masking import MLMMasker
     masker = MLMMasker(4, [0, 1, 2, 3, 4], 211) if objective == "mlm" else None
     fake = FakeBin(np.arange(5, 45), [0, 12, 30, 40])
     packed = fetch(make_windows(fake, 16, objective, masker, document_mask=True), 1, seed=0, position=0)

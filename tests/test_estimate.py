@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from data.packer import DataProcessor
+from data.build.corpus_processor import DataProcessor
 from model import LMConfig, Transformer
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT

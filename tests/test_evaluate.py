@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import evaluate as ev
-from data.masking import MLMMasker
+from data.samples.masking import MLMMasker
 from data.tokenizer import train_tokenizer
 from tests.gen_fixtures import LINES, save_checkpoint, tiny_model, tiny_tokenizer
 from utils import IGNORE_INDEX

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from data.masking import IGNORE_INDEX, MLMMasker
+from data.samples.masking import IGNORE_INDEX, MLMMasker
 
 SPECIAL = [0, 1, 2, 3, 4]
 VOCAB = 1000

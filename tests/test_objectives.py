@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.documents import DocumentIndex
-from data.masking import MLMMasker
+from data.samples.documents import DocumentIndex
+from data.samples.masking import MLMMasker
 from model.config import OBJECTIVES as MODEL_OBJECTIVES
 from model.config import LMConfig
 from tests.data_fixtures import FakeBin

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.documents import DocumentIndex
+from data.samples.documents import DocumentIndex
 from data.errors import DataError
-from data.prefix_split import prefix_lengths, prefix_path
-from data.prepare import prepare_corpus
-from data.token_bin import TokenBin
+from data.samples.prefix_split import prefix_lengths, prefix_path
+from data.build.prepare import prepare_corpus
+from data.sources.settings import ReadSettings
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
 from tests.data_fixtures import FakeBin
 from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
@@ -42,7 +43,7 @@ def write_pairs(path, n=80, seed=0):
 def test_processor_records_where_each_prompt_ends(tmp_path):
     kept = write_pairs(tmp_path / "qa.jsonl")
     paths = prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), vocab_size=300, val_ratio=0.2,
-                           prefix_field="prompt")
+                           read=ReadSettings(prefix_field="prompt"))
     tok = load_tokenizer(paths["tokenizer"])
     stats = json.load(open(paths["stats"]))["statistics"]
     assert stats["documents_kept"] == len(kept) and stats["rejected"]["missing_field"] == 1
@@ -73,7 +74,7 @@ def test_processor_records_where_each_prompt_ends(tmp_path):
     # a second call finds everything up to date and rewrites nothing
     before = os.stat(prefix_path(paths["train_bin"])).st_mtime_ns
     prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), vocab_size=300, val_ratio=0.2,
-                   prefix_field="prompt")
+                   read=ReadSettings(prefix_field="prompt"))
     assert os.stat(prefix_path(paths["train_bin"])).st_mtime_ns == before
 
 
@@ -129,8 +130,8 @@ def test_evaluate_takes_each_prompt_as_the_prefix(tmp_path, capsys):
     records = [r for r in write_pairs(tmp_path / "qa.jsonl", n=60) if r["text"].startswith(" ")]
     with open(tmp_path / "qa.jsonl", "w", encoding="utf-8") as f:  # prompts end in "A:", completions start a word
         f.writelines(json.dumps(r) + "\n" for r in records)
-    bins = prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), val_ratio=0.0, prefix_field="prompt",
-                          tokenizer_path=str(tmp_path / "tokenizer.json"))
+    bins = prepare_corpus([str(tmp_path / "qa.jsonl")], str(tmp_path / "d"), val_ratio=0.0,
+                          read=ReadSettings(prefix_field="prompt"), tokenizer_path=str(tmp_path / "tokenizer.json"))
     capsys.readouterr()                                   # the processor's summary
     results = []
     for data in (tmp_path / "qa.jsonl", bins["train_bin"]):

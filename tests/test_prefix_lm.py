@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.datasets import PrefixWindows, SampleOrder
-from data.documents import DocumentIndex, draw_prefix, suffix_labels
+from data.samples.windows import PrefixWindows, SampleOrder
+from data.samples.documents import DocumentIndex, draw_prefix, suffix_labels
 from model import LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
 from tests.data_fixtures import FakeBin

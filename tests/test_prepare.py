@@ -5,8 +5,8 @@ import time
 import pytest
 
 from data.errors import DataError
-from data.prepare import prepare_corpus
-from data.token_bin import TokenBin
+from data.build.prepare import prepare_corpus
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
 from tests.data_fixtures import make_tokenizer, write_docs
 

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from data.errors import DataError
-from data.packer import DataProcessor
-from data.token_bin import TokenBin
+from data.build.corpus_processor import DataProcessor
+from data.sources.settings import ReadSettings
+from data.samples.token_bin import TokenBin
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT
 
@@ -56,7 +57,7 @@ def test_every_bad_line_is_counted_by_reason(tok, tmp_path):
     assert texts[0] == "good one" and texts[1] == "crlf line" and texts[2] == "bom line"
     assert texts[3] == "x" * 3_000_000 and texts[4] == "no final newline"
     assert all(d[-1] == tokenizer.eos_id for d in docs)
-    limited = DataProcessor(str(root / "tokenizer.json"), max_chars=1000, show_progress=False)
+    limited = DataProcessor(str(root / "tokenizer.json"), read=ReadSettings(max_chars=1000), show_progress=False)
     limited.process_dataset(corpus, str(tmp_path / "lim" / "train.bin"))
     assert limited.stats["rejected"]["too_long"] == 1
 
@@ -151,7 +152,7 @@ def test_the_processor_does_not_load_torch():
     import sys
 
     from tests.train_harness import ROOT
-    code = "import sys, data.processor, data.prepare; print('torch' in sys.modules)"
+    code = "import sys, data.processor, data.build.prepare; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr
 
@@ -186,15 +187,16 @@ def test_a_run_rejecting_more_than_a_small_share_says_so_at_the_end(tok, tmp_pat
     with open(corpus, "a", encoding="utf-8") as f:
         for i in range(10):
             f.write(json.dumps({"text": f"short document {i}"}) + "\n")
-    proc = DataProcessor(str(root / "tokenizer.json"), max_chars=1000, show_progress=False)
+    proc = DataProcessor(str(root / "tokenizer.json"), read=ReadSettings(max_chars=1000), show_progress=False)
     proc.process_dataset(corpus, str(tmp_path / "train.bin"))
     out = capsys.readouterr().out
     notes = [line for line in out.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and notes[0].startswith('note: 10 of 20 documents (50%) were rejected {"too_long": 10}')
     assert "max_chars (1,000 characters)" in notes[0]
-    # train.py's data build (data.prepare.prepare_corpus) says it too.
-    from data.prepare import prepare_corpus
-    prepare_corpus([corpus], str(tmp_path / "run"), tokenizer_path=str(root / "tokenizer.json"), max_chars=1000)
+    # train.py's data build (data.build.prepare.prepare_corpus) says it too.
+    from data.build.prepare import prepare_corpus
+    prepare_corpus([corpus], str(tmp_path / "run"), tokenizer_path=str(root / "tokenizer.json"),
+                   read=ReadSettings(max_chars=1000))
     assert 'note: 10 of 20 documents (50%) were rejected {"too_long": 10}' in capsys.readouterr().out
     # A few rejections (at most 5%) stay quiet.
     proc = DataProcessor(str(root / "tokenizer.json"), show_progress=False)

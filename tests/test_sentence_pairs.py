@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from data.masking import MLMMasker
-from data.pairs import IS_NEXT, IS_RANDOM, PairWindows
-from data.prepare import prepare_corpus
-from data.token_bin import TokenBin
+from data.samples.masking import MLMMasker
+from data.samples.pairs import IS_NEXT, IS_RANDOM, PairWindows
+from data.build.prepare import prepare_corpus
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
 from tests.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd,
                                  weights, write_config, write_corpus)
@@ -168,7 +168,7 @@ def test_pairs_over_token_shards_are_those_of_one_file(tmp_path):
     import subprocess
     from types import SimpleNamespace
 
-    from data.token_shards import open_bin
+    from data.samples.token_shards import open_bin
     write_corpus(tmp_path / "c.jsonl", n_docs=60)
     subprocess.run([sys.executable, "-m", "data.processor", str(tmp_path / "c.jsonl"),
                     "--out_dir", str(tmp_path / "out"), "--tokenizer", MINILM_DIR, "--shard_mb", "0.005",

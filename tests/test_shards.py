@@ -12,11 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from data.datasets import CausalWindows, SampleOrder
+from data.samples.windows import CausalWindows, SampleOrder
 from data.errors import DataError
-from data.shards import plan
-from data.token_bin import TokenBin
-from data.token_shards import open_bin
+from data.build.sharded import plan
+from data.samples.token_bin import TokenBin
+from data.samples.token_shards import open_bin
 from tests.data_fixtures import make_tokenizer, write_docs
 from tests.train_harness import ROOT, losses, read_metrics, run_ok
 

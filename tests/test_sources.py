@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from data.sources import iter_records
+from data.sources.settings import ReadSettings
+from data.sources.records import iter_records
 from tests.train_harness import ROOT
 
 TEXT = "\ufeff# Hamlet\n\nTo be, or not to be,\nthat is the question.\n\n\nOk\n\nWhether 'tis nobler in the mind\n"
@@ -15,15 +16,16 @@ TEXT = "\ufeff# Hamlet\n\nTo be, or not to be,\nthat is the question.\n\n\nOk\n\
 def test_paragraphs_lines_and_minimum_length(tmp_path):
     path = tmp_path / "play.md"
     path.write_text(TEXT, encoding="utf-8")
-    records = list(iter_records(str(path), min_chars=3))
+    three = ReadSettings(min_chars=3)
+    records = list(iter_records(str(path), read=three))
     texts = [t for t, *_ in records if t is not None]
     assert texts == ["# Hamlet", "To be, or not to be,\nthat is the question.", "Whether 'tis nobler in the mind"]
     assert [r for _, r, *_ in records if r] == ["too_short"]                     # "Ok"
     assert records[-1][2] == os.path.getsize(path)                             # offsets reach the end
     # Resuming from any record's offset gives exactly the records after it.
     offset = records[1][2]
-    assert [t for t, *_ in iter_records(str(path), offset, min_chars=3)] == [t for t, *_ in records[2:]]
-    lines = [t for t, *_ in iter_records(str(path), text_unit="line") if t is not None]
+    assert [t for t, *_ in iter_records(str(path), offset, three)] == [t for t, *_ in records[2:]]
+    lines = [t for t, *_ in iter_records(str(path), read=ReadSettings(text_unit="line")) if t is not None]
     assert lines == ["# Hamlet", "To be, or not to be,", "that is the question.", "Ok", "Whether 'tis nobler in the mind"]
 
 
@@ -50,7 +52,7 @@ def _docs(paths):
     """The documents a processor run stores, decoded."""
     import numpy as np
 
-    from data.token_bin import TokenBin
+    from data.samples.token_bin import TokenBin
     from data.tokenizer import load_tokenizer
     tok = load_tokenizer(paths["tokenizer"])
     b = TokenBin(paths["train"])
@@ -58,7 +60,7 @@ def _docs(paths):
 
 
 def _processor(tmp_path, **kw):
-    from data.packer import DataProcessor
+    from data.build.corpus_processor import DataProcessor
     from tests.data_fixtures import make_tokenizer
     make_tokenizer(tmp_path)
     return DataProcessor(str(tmp_path / "tokenizer.json"), show_progress=False, **kw)
@@ -85,13 +87,14 @@ def test_text_unit_file_makes_each_file_one_document(tmp_path):
     pages = {"a.md": "# Title\n\nFirst paragraph.\n\nSecond one.\n", "b.md": "\ufeffOne line only\n", "c.md": "\n \n"}
     for name, text in pages.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
-    got = list(iter_records(str(tmp_path / "a.md"), text_unit="file"))
+    whole_files = ReadSettings(text_unit="file")
+    got = list(iter_records(str(tmp_path / "a.md"), read=whole_files))
     assert got == [("# Title\n\nFirst paragraph.\n\nSecond one.\n", None, len(pages["a.md"]), len(pages["a.md"]))]
-    assert list(iter_records(str(tmp_path / "a.md"), got[0][2], text_unit="file")) == []  # resumed past it
-    proc = _processor(tmp_path, text_unit="file")
+    assert list(iter_records(str(tmp_path / "a.md"), got[0][2], whole_files)) == []  # resumed past it
+    proc = _processor(tmp_path, read=whole_files)
     paths = proc.process_dataset(str(tmp_path / "*.md"), str(tmp_path / "out" / "train.bin"))
     assert proc.stats["documents_kept"] == 2 and proc.stats["rejected"]["empty_text"] == 1
     docs = _docs({**paths, "tokenizer": str(tmp_path / "tokenizer.json")})
     assert docs[0].split() == pages["a.md"].split() and docs[1].strip() == "One line only"
-    from data.shards import plan
+    from data.build.sharded import plan
     assert len(plan([str(tmp_path / "a.md")], 8, "file")) == 1 and len(plan([str(tmp_path / "a.md")], 8, "line")) > 1

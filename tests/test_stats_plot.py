@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import data.stats_plot as stats_plot
-from data.packer import DataProcessor
+from data.build.corpus_processor import DataProcessor
 from tests.data_fixtures import make_tokenizer
 from tests.test_processor import write_bad_corpus
 

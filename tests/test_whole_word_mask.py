@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from data.masking import MLMMasker
-from data.prepare import prepare_corpus
-from data.token_bin import TokenBin
+from data.samples.masking import MLMMasker
+from data.build.prepare import prepare_corpus
+from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
-from data.word_boundaries import WordBoundaries
-from data.word_starts import WordStarts, ensure_word_starts, words_path
+from data.samples.word_boundaries import WordBoundaries
+from data.samples.word_starts import WordStarts, ensure_word_starts, words_path
 from tests.data_fixtures import make_tokenizer
 from tests.train_harness import ROOT
 from training.batches import fetch, make_windows
@@ -194,7 +194,7 @@ def write_words(bin_path, tok_path, fault=None, block=64):
     env.pop("PRETRAIN_FAULT", None)
     if fault:
         env["PRETRAIN_FAULT"] = fault
-    code = ("import sys; from data.tokenizer import load_tokenizer; from data.word_starts import ensure_word_starts; "
+    code = ("import sys; from data.tokenizer import load_tokenizer; from data.samples.word_starts import ensure_word_starts; "
             f"ensure_word_starts(sys.argv[1], load_tokenizer(sys.argv[2]), show_progress=False, block={block})")
     return subprocess.run([sys.executable, "-c", code, bin_path, tok_path], cwd=ROOT, env=env,
                           capture_output=True, text=True)
@@ -264,8 +264,8 @@ def test_sharded_token_files_get_the_bits_of_one_file(bert, tmp_path):
     """A manifest of token shards (python -m data.processor --shard_mb): each shard gets its own
     word-start file, and read through the manifest the bits are those of one .bin holding the
     shards' tokens one after another, windows across shard edges included."""
-    from data.token_shards import open_bin
-    from data.word_starts import block_starts
+    from data.samples.token_shards import open_bin
+    from data.samples.word_starts import block_starts
     texts = [f"{ENGLISH} {CHINESE} {i}" for i in range(30)]
     write_jsonl(tmp_path / "a.jsonl", texts[:15]), write_jsonl(tmp_path / "b.jsonl", texts[15:])
     env = dict(os.environ, PYTHONPATH=ROOT)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data.datasets import SampleOrder
-from data.documents import DocumentIndex
+from data.samples.windows import SampleOrder
+from data.samples.documents import DocumentIndex
 from training.distributed import all_reduce_sum
 from training.objectives import OBJECTIVES
 from utils import IGNORE_INDEX

@@ -11,6 +11,7 @@ from typing import Optional
 
 import yaml
 
+from data.sources.settings import DEFAULT_READ
 from model.config import LMConfig
 from training.optim import check_settings as optimizer_problem
 from training.parallel import STRATEGIES
@@ -24,10 +25,11 @@ DTYPE_CHOICES = ("auto",) + DTYPES
 class DataConfig:
     inputs: list = field(default_factory=lambda: ["dataset/sample.jsonl"])  # JSONL, .txt or .md files or globs
     out_dir: str = "dataset/sample"       # tokenizer.json, train.bin, val.bin and stats live here
-    text_field: str = "text"              # JSONL inputs; .txt / .md inputs are plain text
-    text_unit: str = "paragraph"          # plain text: one document per paragraph, per line or per file
-    min_chars: int = 1                    # shorter documents are dropped (counted as too_short)
-    max_chars: int = 10_000_000           # longer documents are dropped (counted as too_long)
+    # How documents are read (these four and prefix_field): defaults from data/sources/settings.py's ReadSettings
+    text_field: str = DEFAULT_READ.text_field  # JSONL inputs; .txt / .md inputs are plain text
+    text_unit: str = DEFAULT_READ.text_unit    # plain text: one document per paragraph, per line or per file
+    min_chars: int = DEFAULT_READ.min_chars    # shorter documents are dropped (counted as too_short)
+    max_chars: int = DEFAULT_READ.max_chars    # longer documents are dropped (counted as too_long)
     seq_len: Optional[int] = None         # training window length; None: the processor's max_length if it fits, else
                                           # model.max_seq_len (may be shorter than the context)
     vocab_size: int = 4096                # tokenizer size when one is trained
@@ -41,8 +43,8 @@ class DataConfig:
     random_token_frac: float = 0.1        # masked LM: share of chosen tokens replaced by a random token (the rest kept)
     eval_mask_rate: float = 0.15          # fixed, so evaluations of runs with different rates compare
     pairs: bool = False                   # masked LM: [CLS] A [SEP] B [SEP] samples and next-sentence prediction
-    prefix_field: Optional[str] = None    # JSONL: a record's prompt, put before its text; a prefix LM (plm with
-                                          # model.document_mask) takes it as the document's prefix
+    prefix_field: Optional[str] = DEFAULT_READ.prefix_field  # JSONL: a record's prompt, put before its text; a
+                                          # prefix LM (plm with model.document_mask) takes it as the document's prefix
     whole_word_mask: bool = False         # masked LM: mask all pieces of a chosen word (evaluation stays per piece)
 
 

@@ -11,7 +11,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
-from data.datasets import SampleOrder
+from data.samples.windows import SampleOrder
 from model import LMConfig, Transformer
 from training.batches import collate, evaluate, step_positions
 from training.config import eval_samples_on_resume

@@ -6,11 +6,11 @@ model/config.py's OBJECTIVES (the model validates the name without importing tra
 import math
 from typing import Optional
 
-from data.datasets import CausalWindows, MaskedWindows, PrefixWindows
-from data.documents import DocumentIndex
-from data.masking import MLMMasker
-from data.pairs import PairWindows
-from data.word_starts import WordStarts
+from data.samples.windows import CausalWindows, MaskedWindows, PrefixWindows
+from data.samples.documents import DocumentIndex
+from data.samples.masking import MLMMasker
+from data.samples.pairs import PairWindows
+from data.samples.word_starts import WordStarts
 from utils import ConfigError
 
 

@@ -12,8 +12,8 @@ from typing import Any, Optional
 
 from tqdm import tqdm
 
-from data.prefix_split import prefix_lengths
-from data.token_shards import open_bin
+from data.samples.prefix_split import prefix_lengths
+from data.samples.token_shards import open_bin
 from data.tokenizer import load_tokenizer
 from training.init_from import InitSource
 from training.objectives import Objective, objective_for

@@ -2,10 +2,11 @@
 whole-word masking, the training .bin's word-start file)."""
 import os
 
-from data.prepare import prepare_corpus
+from data.build.prepare import prepare_corpus
+from data.sources.settings import ReadSettings
 from data.sample import build_sample_corpus
 from data.tokenizer import load_tokenizer
-from data.word_starts import ensure_word_starts
+from data.samples.word_starts import ensure_word_starts
 from training.distributed import barrier
 
 SAMPLE_CORPUS = "dataset/sample.jsonl"
@@ -29,10 +30,8 @@ def prepare_run_data(cfg, info) -> dict:
             return {"train_bin": d.train_bin, "val_bin": d.val_bin, "tokenizer": d.tokenizer_path}
         if os.path.normpath(SAMPLE_CORPUS) in map(os.path.normpath, d.inputs) and not os.path.exists(SAMPLE_CORPUS):
             build_sample_corpus(SAMPLE_CORPUS)
-        return prepare_corpus(d.inputs, d.out_dir, vocab_size=d.vocab_size, text_field=d.text_field,
-                              val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed,
-                              max_chars=d.max_chars, min_chars=d.min_chars, text_unit=d.text_unit,
-                              prefix_field=d.prefix_field)
+        return prepare_corpus(d.inputs, d.out_dir, ReadSettings.of(d), vocab_size=d.vocab_size,
+                              val_ratio=d.val_ratio, tokenizer_path=d.tokenizer_path, seed=cfg.train.seed)
 
     paths = prepare() if info.is_main else None
     barrier(info)

@@ -106,7 +106,7 @@ class NaNGuard:
 
 class DataIdentity:
     """What the run's sample order depends on: the training tokens (each shard's name, counts and a
-    sample hash, data.token_bin.TokenBin.identity), the window length and the seed, and the batch
+    sample hash, data.samples.token_bin.TokenBin.identity), the window length and the seed, and the batch
     layout. A resume on other tokens is refused (it would continue on other samples without a word);
     another window length, seed or global batch is said in one line each, and applies from here."""
 

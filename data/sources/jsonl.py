@@ -2,49 +2,14 @@
 
 Lines are read as bytes so that undecodable UTF-8 is a counted rejection rather than a crash, and so
 that the byte offset after every line is known (the processor resumes from it)."""
-import glob
 import json
-import os
 
-from data.columnar import is_saved_dataset
 from data.errors import DataError
+from data.sources.settings import ReadSettings
 
 BOM = b"\xef\xbb\xbf"
 REJECT_REASONS = ("empty_line", "invalid_utf8", "invalid_json", "not_object", "missing_field", "non_string",
                   "empty_text", "contains_nul", "too_long", "too_short")
-
-
-def saved_splits(path: str) -> list:
-    """The splits of a DatasetDict directory (its dataset_dict.json), found as saved datasets; else []."""
-    try:
-        with open(os.path.join(path, "dataset_dict.json"), encoding="utf-8") as f:
-            names = json.load(f).get("splits", [])
-    except (OSError, ValueError, AttributeError):
-        names = sorted(os.listdir(path)) if os.access(path, os.R_OK) else []
-    return [n for n in names if isinstance(n, str) and is_saved_dataset(os.path.join(path, n))]
-
-
-def expand_inputs(patterns) -> list:
-    """Files (or save_to_disk dataset directories) named or matched by globs, in the given order (each
-    glob sorted), each once."""
-    files = []
-    for pattern in ([patterns] if isinstance(patterns, str) else patterns):
-        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
-        if not matches:
-            raise DataError(f"no file matches {pattern!r}")
-        for m in matches:
-            if os.path.isdir(m) and not is_saved_dataset(m):
-                splits = saved_splits(m)
-                if splits:
-                    raise DataError(f"{m} is a DatasetDict saved by save_to_disk, with splits {', '.join(splits)}: pass "
-                                    f"one split's directory, e.g. {os.path.join(m, splits[0])}")
-                raise DataError(f"{m} is a directory, not a dataset saved by datasets' save_to_disk (no state.json); "
-                                "name its files, or a glob of them")
-            if not os.path.isfile(m) and not is_saved_dataset(m):
-                raise DataError(f"input file not found: {m}")
-            if m not in files:
-                files.append(m)
-    return files
 
 
 class PrefixedText(str):
@@ -57,9 +22,9 @@ class PrefixedText(str):
         return text
 
 
-def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
-    """(text, None) for a usable document, or (None, reason). prefix_field: the field holding the
-    document's prompt, placed before the text; the result is then a PrefixedText."""
+def parse_line(raw: bytes, read: ReadSettings):
+    """(text, None) for a usable document, or (None, reason). With read.prefix_field, the field
+    holding the document's prompt, placed before the text, the result is a PrefixedText."""
     line = raw.rstrip(b"\n").rstrip(b"\r")
     if line.startswith(BOM):
         line = line[len(BOM):]
@@ -73,20 +38,21 @@ def parse_line(raw: bytes, text_field: str, max_chars: int, prefix_field=None):
         obj = json.loads(decoded)
     except ValueError:
         return None, "invalid_json"
-    return parse_object(obj, text_field, max_chars, prefix_field)
+    return parse_object(obj, read)
 
 
-def parse_object(obj, text_field: str, max_chars: int, prefix_field=None):
+def parse_object(obj, read: ReadSettings):
     """parse_line's checks on one decoded JSON value (a line of JSONL, an element of a JSON array)."""
     if not isinstance(obj, dict):
         return None, "not_object"
-    if text_field not in obj:
+    if read.text_field not in obj:
         return None, "missing_field"
-    text = obj[text_field]
+    text = obj[read.text_field]
     if not isinstance(text, str):
         return None, "non_string"
     if not text.strip():
         return None, "empty_text"
+    prefix_field = read.prefix_field
     if prefix_field is not None:
         if prefix_field not in obj:
             return None, "missing_field"
@@ -95,7 +61,7 @@ def parse_object(obj, text_field: str, max_chars: int, prefix_field=None):
         text = PrefixedText(obj[prefix_field], text)
     if "\x00" in text:
         return None, "contains_nul"
-    if len(text) > max_chars:
+    if len(text) > read.max_chars:
         return None, "too_long"
     try:
         text.encode("utf-8")

@@ -3,11 +3,11 @@
 The inputs are cut into pieces by a plan that depends only on the inputs and --shard_mb: each file
 is a piece, and a JSONL or text file larger than --shard_mb is cut into byte ranges at record
 boundaries (the line, or the blank line ending a paragraph, after each multiple of --shard_mb).
-Piece i becomes train-0000i.bin / val-0000i.bin, made by data/packer.py's DataProcessor with its
+Piece i becomes train-0000i.bin / val-0000i.bin, made by data/build/corpus_processor.py's DataProcessor with its
 own progress file, so every shard resumes byte-exactly after a SIGKILL. --workers K processes
 pieces in K processes; --num_shards N --shard_index I makes this machine process the pieces i
 with i % N == I: N machines together produce the files one machine would. manifest.json lists
-every shard in order; training reads it (data/token_shards.py) as one dataset."""
+every shard in order; training reads it (data/samples/token_shards.py) as one dataset."""
 import fcntl
 import os
 import signal
@@ -20,9 +20,10 @@ from multiprocessing import get_context
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.jsonl import iter_lines
-from data.sources import input_size, is_plain_text, is_row_source
-from data.token_bin import FORMAT_VERSION
+from data.sources.jsonl import iter_lines
+from data.sources.settings import DEFAULT_READ
+from data.sources.records import input_size, is_plain_text, is_row_source
+from data.samples.token_bin import FORMAT_VERSION
 from utils import remove_stale_temporaries, write_json_atomic
 
 MANIFEST = "manifest.json"
@@ -79,7 +80,7 @@ _processors = {}  # one DataProcessor (and tokenizer) per process, reused for ev
 
 
 def _processor(tokenizer_path, settings):
-    from data.packer import DataProcessor
+    from data.build.corpus_processor import DataProcessor
     key = (tokenizer_path, tuple(sorted(settings.items())))
     if key not in _processors:
         _processors.clear()
@@ -100,10 +101,20 @@ def _process_piece(piece, out_dir, tokenizer_path, settings, resume) -> dict:
             "tokens": processor.timing.get("tokens", 0)}
 
 
+def _recorded(settings: dict) -> dict:
+    """The processor's settings as manifest.json lists them: flat, the reading settings among the
+    others, chunk_size left out (it never changes the bytes)."""
+    read = settings.get("read", DEFAULT_READ)
+    return {**{k: v for k, v in settings.items() if k not in ("read", "chunk_size")},
+            "text_field": read.text_field, "max_chars": read.max_chars, "min_chars": read.min_chars,
+            "text_unit": read.text_unit}
+
+
 def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, workers: int = 1,
                     num_shards: int = 1, shard_index: int = 0, shard_mb: float = 256.0, resume: bool = True,
                     show_progress: bool = True) -> dict:
-    """Process this machine's pieces into out_dir; write the manifest. Returns the summary."""
+    """Process this machine's pieces into out_dir; write the manifest. Returns the summary.
+    settings: DataProcessor's keyword arguments (read, val_ratio, seed, chunk_size, max_length)."""
     if workers < 1:
         raise DataError(f"--workers must be at least 1, got {workers}")
     if num_shards < 1 or not 0 <= shard_index < num_shards:
@@ -113,7 +124,7 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
     from data.tokenizer import load_tokenizer
     tokenizer = load_tokenizer(tokenizer_path)
     os.makedirs(out_dir, exist_ok=True)
-    pieces = plan(files, int(shard_mb * 1e6), settings.get("text_unit", "paragraph"))
+    pieces = plan(files, int(shard_mb * 1e6), settings.get("read", DEFAULT_READ).text_unit)
     mine = [p for p in pieces if p["index"] % num_shards == shard_index]
     started = time.perf_counter()
     results = []
@@ -152,7 +163,7 @@ def process_sharded(files, out_dir: str, tokenizer_path: str, settings: dict, wo
     # every process of this run is done, whatever .tmp-PID remains belongs to a dead process.
     remove_stale_temporaries(out_dir)
     manifest = {"format": FORMAT_VERSION, "tokenizer_fingerprint": tokenizer.fingerprint(),
-                "settings": {k: v for k, v in settings.items() if k != "chunk_size"},  # (never changes the bytes)
+                "settings": _recorded(settings),
                 "shard_mb": shard_mb, "n_shards": len(pieces),  # (a reader spots a lost entry by the count)
                 "shards": [{"train": shard_name("train", p["index"]), "val": shard_name("val", p["index"]),
                             "input": [p["path"], p["start"], p["end"]]} for p in pieces]}
@@ -167,38 +178,37 @@ def prepare_sharded(inputs, out_dir: str, vocab_size: int, tokenizer_path, setti
                     num_shards: int, shard_index: int, shard_mb: float, resume: bool = True) -> dict:
     """The processor's sharded command: settings checked, the tokenizer found or trained, this
     machine's shards made, a one-line summary printed."""
-    from data.jsonl import expand_inputs
-    from data.packer import check_settings
-    from data.prepare import ensure_tokenizer
-    from data.sources import nothing_usable
+    from data.sources.inputs import expand_inputs
+    from data.build.corpus_processor import check_settings
+    from data.build.prepare import ensure_tokenizer
+    from data.sources.records import nothing_usable
     from utils import check_writable_dir
 
     files = expand_inputs(inputs)
-    check_settings(chunk_size=settings["chunk_size"], val_ratio=settings["val_ratio"],
-                   max_chars=settings["max_chars"], min_chars=settings["min_chars"], text_unit=settings["text_unit"])
+    read = settings["read"]
+    check_settings(chunk_size=settings["chunk_size"], val_ratio=settings["val_ratio"], read=read)
     check_writable_dir(out_dir, "output directory")
     if num_shards > 1 and not tokenizer_path:
         raise DataError("--num_shards splits the job over machines, which must share one tokenizer: train it once "
                         "(python -m data.processor ... without --num_shards) and pass --tokenizer")
     if not tokenizer_path:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, settings["text_field"], settings["max_chars"],
-                                          settings["min_chars"], settings["text_unit"])
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, read)
     summary = process_sharded(files, out_dir, tokenizer_path, settings, workers=workers, num_shards=num_shards,
                               shard_index=shard_index, shard_mb=shard_mb, resume=resume)
-    read = sum(r["stats"]["documents_read"] for r in summary["results"])
+    documents_read = sum(r["stats"]["documents_read"] for r in summary["results"])
     kept = sum(r["stats"]["documents_kept"] for r in summary["results"])
     rejected = {}
     for r in summary["results"]:
         for reason, n in r["stats"]["rejected"].items():
             rejected[reason] = rejected.get(reason, 0) + n
     if summary["results"] and kept == 0:
-        raise nothing_usable(files, read, rejected, settings["text_field"])
+        raise nothing_usable(files, documents_read, rejected, read.text_field)
     split_tokens = {s: sum(r["stats"]["splits"][s]["tokens"] for r in summary["results"]) for s in ("train", "val")}
-    from data.packer import rejection_note
-    note = rejection_note({"documents_read": read, "rejected": rejected}, settings["max_chars"])
+    from data.build.corpus_processor import rejection_note
+    note = rejection_note({"documents_read": documents_read, "rejected": rejected}, read.max_chars)
     if note:
         print(note)
-    print(f"processed {len(summary['processed'])} of {summary['pieces']} shards ({workers} worker(s)): {read} documents, "
-          f"kept {kept}; train {split_tokens['train']} tokens, val {split_tokens['val']} tokens in "
-          f"{summary['seconds']:.1f}s -> {summary['manifest']}")
+    print(f"processed {len(summary['processed'])} of {summary['pieces']} shards ({workers} worker(s)): "
+          f"{documents_read} documents, kept {kept}; train {split_tokens['train']} tokens, val {split_tokens['val']} "
+          f"tokens in {summary['seconds']:.1f}s -> {summary['manifest']}")
     return summary

@@ -20,11 +20,13 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.jsonl import REJECT_REASONS, expand_inputs
+from data.sources.inputs import expand_inputs
+from data.sources.jsonl import REJECT_REASONS
 from data.stats_plot import png_path as stats_png
 from data.stats_plot import write_png as write_stats_png
-from data.sources import TEXT_UNITS, input_size, input_stamp, iter_records
-from data.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import input_size, input_stamp, iter_records
+from data.samples.token_bin import FORMAT_VERSION, idx_path, meta_path, token_dtype
 from data.tokenizer import load_tokenizer
 from utils import OutputError, atomic_write, write_json_atomic
 
@@ -35,7 +37,7 @@ CHUNK_BYTES = 2 << 20  # text per tokenizer batch: big enough to keep every core
 def is_validation(doc_index: int, seed: int, val_ratio: float, piece=None) -> bool:
     """Whether the doc_index-th kept document goes to validation: a hash, so the split is spread
     over the whole corpus and stable across runs and chunk sizes. piece: the shard's number when
-    the corpus is processed in shards (data/shards.py), which count their documents each."""
+    the corpus is processed in shards (data/build/sharded.py), which count their documents each."""
     key = f"{seed}:{doc_index}" if piece is None else f"{seed}:{piece}:{doc_index}"
     h = hashlib.blake2b(key.encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") / 2**64 < val_ratio
@@ -50,19 +52,13 @@ class Chunk:
     end: tuple = (0, 0)                           # (file index, byte offset) after the last line
 
 
-def check_settings(chunk_size: int, val_ratio: float, max_chars: int, min_chars: int = 1,
-                   text_unit: str = "paragraph") -> None:
+def check_settings(chunk_size: int, val_ratio: float, read: ReadSettings) -> None:
     """Refuse impossible settings before any work (prepare_corpus calls this before training a tokenizer)."""
     if chunk_size < 1:
         raise DataError(f"chunk_size must be at least 1, got {chunk_size}")
     if not 0 <= val_ratio < 1:
         raise DataError(f"val_ratio must be in [0, 1), got {val_ratio}")
-    if max_chars < 1:
-        raise DataError(f"max_chars must be at least 1 character, got {max_chars}")
-    if not 1 <= min_chars <= max_chars:
-        raise DataError(f"min_chars must be between 1 and max_chars ({max_chars}), got {min_chars}")
-    if text_unit not in TEXT_UNITS:
-        raise DataError(f"text_unit must be one of {', '.join(TEXT_UNITS)}, got {text_unit!r}")
+    read.check()
 
 
 REJECTION_NOTE_SHARE = 0.05  # a run that rejects more of its input says so at the end
@@ -122,33 +118,28 @@ def _output_errors(paths):
 
 
 class DataProcessor:
-    def __init__(self, tokenizer_path: str, max_length=None, chunk_size: int = 2048,
-                 save_interval: int = 0, text_field: str = "text", val_ratio: float = 0.0, seed: int = 0,
-                 show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES, min_chars: int = 1,
-                 text_unit: str = "paragraph", prefix_field=None, max_chars: int = 10_000_000):
-        """max_length: what the reference means by it, the length in tokens of the training samples
+    def __init__(self, tokenizer_path: str, read: ReadSettings = DEFAULT_READ, max_length=None,
+                 chunk_size: int = 2048, save_interval: int = 0, val_ratio: float = 0.0, seed: int = 0,
+                 show_progress: bool = True, chunk_bytes: int = CHUNK_BYTES):
+        """read: how documents are read from the inputs (data/sources/settings.py; with its prefix_field, a
+        record's prompt and text are one document, and data/samples/prefix_split.py records where the prompt
+        ends). max_length: what the reference means by it, the length in tokens of the training samples
         (train.py's data.seq_len, which it becomes when none is given: it is recorded in the sidecar
         as sample_length). No document is dropped or cut for it: a longer one packs across
-        consecutive samples. max_chars: longest document kept, in characters (longer ones are
-        rejected as too_long); chunk_size: most documents tokenized
+        consecutive samples (the cap on a document is read.max_chars). chunk_size: most documents tokenized
         per batch; chunk_bytes: most text per batch (memory follows the batch, not the corpus);
-        save_interval: documents between durable progress commits (0: every chunk); min_chars:
-        shortest document kept; text_unit: a plain-text file's documents are its lines or paragraphs;
-        prefix_field: JSONL records are a prompt under this field followed by the text (one document;
-        data/prefix_split.py records where the prompt ends)."""
-        check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_chars=max_chars, min_chars=min_chars,
-                       text_unit=text_unit)
+        save_interval: documents between durable progress commits (0: every chunk)."""
+        check_settings(chunk_size=chunk_size, val_ratio=val_ratio, read=read)
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 2):
             raise DataError(f"max_length is the training sample length in tokens, at least 2; got {max_length!r} "
                             "(a cap on document characters is max_chars)")
-        self.max_length = max_length
-        self.min_chars, self.text_unit, self.prefix_field = min_chars, text_unit, prefix_field
+        self.read, self.max_length = read, max_length
         self.tokenizer_path = tokenizer_path
         self.tokenizer = load_tokenizer(tokenizer_path)
-        self.max_chars, self.chunk_size, self.save_interval = max_chars, chunk_size, save_interval
+        self.chunk_size, self.save_interval = chunk_size, save_interval
         self.chunk_bytes = chunk_bytes
-        self.text_field, self.val_ratio, self.seed = text_field, val_ratio, seed
+        self.val_ratio, self.seed = val_ratio, seed
         self.show_progress = show_progress
         self.stats = _fresh_stats()
         self.timing = {}
@@ -168,7 +159,7 @@ class DataProcessor:
                         stats["rejected"][reason] += 1
                         continue
                     stats["documents_kept"] += 1
-                    out.write(json.dumps({self.text_field: text}, ensure_ascii=False) + "\n")
+                    out.write(json.dumps({self.read.text_field: text}, ensure_ascii=False) + "\n")
         atomic_write(output_path, write, binary=False)
         self.stats = stats
         return stats
@@ -189,16 +180,13 @@ class DataProcessor:
         edited in place is processed again (and never resumed into a half-old output)."""
         inputs = [[os.path.abspath(f), *input_stamp(f)] for f in files]
         return {"format": FORMAT_VERSION, "inputs": inputs,
-                "tokenizer_fingerprint": self.tokenizer.fingerprint(), "text_field": self.text_field,
-                "val_ratio": self.val_ratio, "seed": self.seed, "max_length": self.max_chars,  # (the cap's old name: outputs stay reused)
-                "min_chars": self.min_chars, "text_unit": self.text_unit,
+                "tokenizer_fingerprint": self.tokenizer.fingerprint(), "val_ratio": self.val_ratio, "seed": self.seed,
+                **self.read.recorded(),
                 **({"piece": self.piece} if self.piece else {}),
-                **({"prefix_field": self.prefix_field} if self.prefix_field else {}),
                 **({"sample_length": self.max_length} if self.max_length else {})}
 
     def _records(self, path: str, start: int):
-        return iter_records(path, start, self.text_field, self.max_chars, self.min_chars, self.text_unit,
-                            self.prefix_field)
+        return iter_records(path, start, self.read)
 
     def is_complete(self, input_path, output_path: str) -> bool:
         paths = self.output_paths(output_path)
@@ -247,8 +235,8 @@ class DataProcessor:
                        "resumed_from": [state.get("resumed_file", 0), state.get("resumed_at", 0)]}
         self.save_statistics(paths["run_log"])
         write_stats_png(paths["stats"])  # the statistics drawn beside their .json (outside the timing)
-        note = rejection_note(self.stats, self.max_chars)
-        if note and not piece:  # (a shard's share is summed by data/shards.py)
+        note = rejection_note(self.stats, self.read.max_chars)
+        if note and not piece:  # (a shard's share is summed by data/build/sharded.py)
             print(note, flush=True)
         return paths
 

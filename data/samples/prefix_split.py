@@ -4,7 +4,7 @@
     train.bin.prefix        uint32 per document: how many of its leading tokens are its prompt
     train.bin.prefix.json   what the counts were computed from; written last
 
-The processor stores a record's prompt and text as one document (data.jsonl.PrefixedText). This
+The processor stores a record's prompt and text as one document (data.sources.jsonl.PrefixedText). This
 pass reads the inputs again in the same order, with the same rejections and the same validation
 split, tokenizes each prompt alone and counts the stored document's leading tokens that agree with
 it; a token the tokenizer merged across the seam counts as completion. The counts are small (four
@@ -16,10 +16,11 @@ import numpy as np
 from tqdm import tqdm
 
 from data.errors import DataError
-from data.jsonl import expand_inputs
-from data.packer import is_validation
-from data.sources import iter_records
-from data.token_bin import TokenBin
+from data.sources.inputs import expand_inputs
+from data.build.corpus_processor import is_validation
+from data.sources.settings import ReadSettings
+from data.sources.records import iter_records
+from data.samples.token_bin import TokenBin
 from utils import atomic_write, read_json_or_none, write_json_atomic
 
 FORMAT = 1
@@ -82,11 +83,12 @@ class _Split:
         self.prompts.clear()
 
 
-def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, text_field: str, prefix_field: str, seed: int,
-                          val_ratio: float, max_chars: int, min_chars: int, text_unit: str,
+def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, read: ReadSettings, seed: int, val_ratio: float,
                           show_progress: bool = True) -> None:
     """Write <bin>.prefix for bin_paths {"train": ..., "val": ...} unless up-to-date ones exist.
-    The reading settings must be the ones the processor used for those files."""
+    The reading settings (read.prefix_field set) and the split must be the ones the processor used
+    for those files."""
+    prefix_field = read.prefix_field
     splits = {name: _Split(path) for name, path in bin_paths.items()}
     if all(read_json_or_none(prefix_meta_path(s.bin.path)) == _identity(s.bin, prefix_field) and
            os.path.isfile(prefix_path(s.bin.path)) for s in splits.values()):
@@ -95,8 +97,7 @@ def ensure_prefix_lengths(inputs, bin_paths: dict, tokenizer, text_field: str, p
     bar = tqdm(total=sum(int(s.bin.meta["n_docs"]) for s in splits.values()), unit=" docs", desc="prompt lengths",
                disable=not show_progress)
     for path in expand_inputs(inputs):
-        for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_chars, min_chars, text_unit,
-                                                          prefix_field):
+        for text, _reason, _offset, _size in iter_records(path, 0, read):
             if text is None:
                 continue
             split = splits["val" if is_validation(kept, seed, val_ratio) else "train"]

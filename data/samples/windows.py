@@ -5,7 +5,7 @@ Every kind of window gives its samples one way: sample(i, generator) -> a dict o
 import numpy as np
 import torch
 
-from data.documents import draw_prefix, known_prefix, suffix_labels
+from data.samples.documents import draw_prefix, known_prefix, suffix_labels
 
 
 class _Windows:

@@ -5,20 +5,19 @@ import json
 import os
 import time
 
-from data.jsonl import expand_inputs
-from data.packer import DataProcessor, check_settings
-from data.prefix_split import ensure_prefix_lengths
-from data.sources import input_size, nothing_usable
+from data.sources.inputs import expand_inputs
+from data.build.corpus_processor import DataProcessor, check_settings
+from data.samples.prefix_split import ensure_prefix_lengths
+from data.sources.settings import DEFAULT_READ, ReadSettings
+from data.sources.records import input_size, nothing_usable
 from data.tokenizer import load_tokenizer, train_tokenizer
-from data.word_starts import ensure_word_starts
+from data.samples.word_starts import ensure_word_starts
 from utils import check_writable_dir, write_json_atomic
 
 
-def _tokenizer_recipe(files, vocab_size, text_field, max_chars, min_chars, text_unit, prefix_field=None) -> dict:
-    # ("max_length" is the character cap's old name, kept as the key so existing tokenizers stay reused)
+def _tokenizer_recipe(files, vocab_size, read: ReadSettings) -> dict:
     return {"inputs": [[os.path.abspath(f), input_size(f)] for f in files], "vocab_size": vocab_size,
-            "text_field": text_field, "max_length": max_chars, "min_chars": min_chars, "text_unit": text_unit,
-            **({"prefix_field": prefix_field} if prefix_field else {})}
+            **read.recorded()}
 
 
 def _read_recipe(path: str):
@@ -33,51 +32,44 @@ def _read_recipe(path: str):
         return None
 
 
-def ensure_tokenizer(files, out_dir, vocab_size, text_field, max_chars: int = 10_000_000, min_chars: int = 1,
-                     text_unit: str = "paragraph", prefix_field=None) -> str:
+def ensure_tokenizer(files, out_dir, vocab_size, read: ReadSettings = DEFAULT_READ) -> str:
     """out_dir/tokenizer.json, trained unless one made from the same recipe is already there (with
-    prefix_field, on the prompts too: they are part of every document)."""
+    read.prefix_field, on the prompts too: they are part of every document)."""
     path = os.path.join(out_dir, "tokenizer.json")
     recipe_path = path + ".recipe.json"
-    recipe = _tokenizer_recipe(files, vocab_size, text_field, max_chars, min_chars, text_unit, prefix_field)
+    recipe = _tokenizer_recipe(files, vocab_size, read)
     if os.path.exists(path) and _read_recipe(recipe_path) == recipe:
         return path
     check_writable_dir(out_dir, "output directory")
     started = time.perf_counter()
     print(f"tokenizer: training byte-level BPE ({vocab_size} tokens) on {len(files)} file(s)...", flush=True)
-    tok = train_tokenizer(files, path, vocab_size=vocab_size, text_field=text_field, max_chars=max_chars,
-                          min_chars=min_chars, text_unit=text_unit, prefix_field=prefix_field)
+    tok = train_tokenizer(files, path, vocab_size=vocab_size, read=read)
     write_json_atomic(recipe_path, recipe)
     print(f"tokenizer: byte-level BPE, {tok.vocab_size} tokens, trained in {time.perf_counter() - started:.1f}s -> {path}")
     return path
 
 
-def prepare_corpus(inputs, out_dir: str, vocab_size: int = 4096, text_field: str = "text", val_ratio: float = 0.05,
-                   prefix_field=None,
-                   tokenizer_path=None, seed: int = 0, chunk_size: int = 2048, resume: bool = True,
-                   max_chars: int = 10_000_000, min_chars: int = 1, text_unit: str = "paragraph",
-                   word_starts: bool = False, max_length=None) -> dict:
+def prepare_corpus(inputs, out_dir: str, read: ReadSettings = DEFAULT_READ, vocab_size: int = 4096,
+                   val_ratio: float = 0.05, tokenizer_path=None, seed: int = 0, chunk_size: int = 2048,
+                   resume: bool = True, word_starts: bool = False, max_length=None) -> dict:
     files = expand_inputs(inputs)
-    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, max_chars=max_chars, min_chars=min_chars,
-                   text_unit=text_unit)
+    check_settings(chunk_size=chunk_size, val_ratio=val_ratio, read=read)
     check_writable_dir(out_dir, "output directory")  # before any work
     if tokenizer_path:
         load_tokenizer(tokenizer_path)  # fail early with its own message
     else:
-        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, text_field, max_chars, min_chars, text_unit,
-                                          prefix_field)
-    processor = DataProcessor(tokenizer_path, max_length=max_length, max_chars=max_chars, chunk_size=chunk_size, text_field=text_field,
-                              val_ratio=val_ratio, seed=seed, min_chars=min_chars, text_unit=text_unit,
-                              prefix_field=prefix_field)
+        tokenizer_path = ensure_tokenizer(files, out_dir, vocab_size, read)
+    processor = DataProcessor(tokenizer_path, read=read, max_length=max_length, chunk_size=chunk_size,
+                              val_ratio=val_ratio, seed=seed)
     paths = processor.process_dataset(files, os.path.join(out_dir, "train.bin"), resume=resume)
     if not processor.reused:
         _print_summary(processor, paths)
     s = processor.stats
     if s["documents_kept"] == 0:
-        raise nothing_usable(files, s["documents_read"], s["rejected"], text_field)
-    if prefix_field:  # where each document's prompt ends, for prefix-LM training
+        raise nothing_usable(files, s["documents_read"], s["rejected"], read.text_field)
+    if read.prefix_field:  # where each document's prompt ends, for prefix-LM training
         ensure_prefix_lengths(files, {"train": paths["train"], "val": paths["val"]}, load_tokenizer(tokenizer_path),
-                              text_field, prefix_field, seed, val_ratio, max_chars, min_chars, text_unit)
+                              read, seed, val_ratio)
     if word_starts:  # whole-word masking's word boundaries, computed now so training pays nothing for them
         tokenizer = load_tokenizer(tokenizer_path)
         for split in ("train", "val"):

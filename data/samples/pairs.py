@@ -9,7 +9,7 @@ chunk or a short other document) has attention_mask 0, type 0 and no label."""
 import numpy as np
 import torch
 
-from data.datasets import MaskedWindows
+from data.samples.windows import MaskedWindows
 from data.errors import DataError
 
 IS_NEXT, IS_RANDOM = 0, 1  # next-sentence labels as transformers' BertForPreTraining reads them

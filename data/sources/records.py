@@ -1,17 +1,18 @@
 """Documents from the files a corpus is made of, by kind: JSONL (one JSON object per line, the text
 under a field), plain text and Markdown (.txt, .md: one document per line, or per paragraph of
-lines between blank lines), or Parquet and saved Hugging Face datasets (data/columnar.py: the text
+lines between blank lines), or Parquet and saved Hugging Face datasets (data/sources/columnar.py: the text
 column, positions are row numbers). Every record comes with the byte offset after it, so a reader can
 resume from exactly there, and a rejected record comes with its reason instead of its text."""
 import json
 import os
 
-from data.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
+from data.sources.columnar import columnar_size, dataset_files, is_columnar, iter_columnar
 from data.errors import DataError
-from data.jsonl import expand_inputs, iter_lines, parse_line, parse_object
+from data.sources.inputs import expand_inputs
+from data.sources.jsonl import iter_lines, parse_line, parse_object
+from data.sources.settings import DEFAULT_READ, ReadSettings
 
 TEXT_EXTENSIONS = (".txt", ".text", ".md", ".markdown")
-TEXT_UNITS = ("paragraph", "line", "file")
 
 
 def is_plain_text(path: str) -> bool:
@@ -41,11 +42,11 @@ def _json_array(path: str) -> list:
         raise DataError(f"{path} starts a JSON array but is not valid JSON ({str(e).splitlines()[0][:120]})") from None
 
 
-def _array_records(path: str, start: int, text_field: str, max_chars: int, prefix_field):
+def _array_records(path: str, start: int, read: ReadSettings):
     """(text, reason, position after, bytes) per element from element `start`: positions are indices."""
     items = _json_array(path)
     for i in range(start, len(items)):
-        text, reason = parse_object(items[i], text_field, max_chars, prefix_field)
+        text, reason = parse_object(items[i], read)
         yield text, reason, i + 1, len(text.encode("utf-8")) if text is not None else 0
 
 
@@ -114,38 +115,35 @@ def _text_records(path: str, start: int, unit: str):
         yield "\n".join(lines), None, offset, size
 
 
-def iter_records(path: str, start: int = 0, text_field: str = "text", max_chars: int = 10_000_000,
-                 min_chars: int = 1, text_unit: str = "paragraph", prefix_field=None):
+def iter_records(path: str, start: int = 0, read: ReadSettings = DEFAULT_READ):
     """(text, reason, offset after, bytes read) for every record of `path` from byte `start`:
-    text is None when the record is rejected, and reason says why. prefix_field (JSONL): each text
-    is a data.jsonl.PrefixedText, the prompt under that field followed by the text."""
+    text is None when the record is rejected, and reason says why. With read.prefix_field (JSONL),
+    each text is a data.sources.jsonl.PrefixedText, the prompt under that field followed by the text."""
     if is_columnar(path):
-        records = iter_columnar(path, start, text_field)
+        records = iter_columnar(path, start, read.text_field)
     elif is_plain_text(path):
-        if prefix_field is not None:
+        if read.prefix_field is not None:
             raise DataError(f"{path}: --prefix_field reads a prompt field of JSONL records; a plain-text file has none")
-        records = _text_records(path, start, text_unit)
+        records = _text_records(path, start, read.text_unit)
     elif is_json_array(path):
-        records = _array_records(path, start, text_field, max_chars, prefix_field)
+        records = _array_records(path, start, read)
     else:
-        records = ((*parse_line(raw, text_field, max_chars, prefix_field), offset, len(raw))
-                   for raw, offset in iter_lines(path, start))
+        records = ((*parse_line(raw, read), offset, len(raw)) for raw, offset in iter_lines(path, start))
     for text, reason, offset, size in records:
         if text is not None:
             if "\x00" in text:
                 text, reason = None, "contains_nul"
-            elif len(text) > max_chars:
+            elif len(text) > read.max_chars:
                 text, reason = None, "too_long"
-            elif len(text.strip()) < min_chars:
+            elif len(text.strip()) < read.min_chars:
                 text, reason = None, "too_short" if text.strip() else "empty_text"
         yield text, reason, offset, size
 
 
-def iter_texts(patterns, text_field: str = "text", max_chars: int = 10_000_000, min_chars: int = 1,
-               text_unit: str = "paragraph"):
+def iter_texts(patterns, read: ReadSettings = DEFAULT_READ):
     """Valid document texts of all inputs, JSONL or plain text (for tokenizer training and mining)."""
     for path in expand_inputs(patterns):
-        for text, _reason, _offset, _size in iter_records(path, 0, text_field, max_chars, min_chars, text_unit):
+        for text, _reason, _offset, _size in iter_records(path, 0, read):
             if text is not None:
                 yield text
 

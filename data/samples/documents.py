@@ -50,7 +50,7 @@ def draw_prefix(document_ids: torch.Tensor, generator: torch.Generator) -> torch
 
 def known_prefix(documents: DocumentIndex, prompt_lengths, start: int, length: int) -> torch.Tensor:
     """[length] bool: tokens [start, start + length) that lie in their document's prompt, whose
-    length in tokens prompt_lengths gives per document (data/prefix_split.py)."""
+    length in tokens prompt_lengths gives per document (data/samples/prefix_split.py)."""
     ids = documents.ids(start, length).numpy()
     offset = np.arange(start, start + length) - documents.offsets[ids]
     return torch.from_numpy(offset < np.asarray(prompt_lengths)[ids])

@@ -3,7 +3,7 @@
     train.bin.words         one bit per token (numpy packbits order), 1 where a word starts
     train.bin.words.json    what the bits were computed from (the .bin, the tokenizer, the segmenter); written last
 
-The bits are a pure function of the finished .bin and the tokenizer (data/word_boundaries.py), computed
+The bits are a pure function of the finished .bin and the tokenizer (data/samples/word_boundaries.py), computed
 document by document in blocks of whole bytes. Each block is fsynced and then recorded in a progress
 file replaced atomically; a killed run truncates to the recorded length and goes on, so the finished
 file is byte-identical to an uninterrupted one."""
@@ -15,9 +15,9 @@ from tqdm import tqdm
 
 from data.errors import DataError
 from data.fault_points import fault_point
-from data.token_bin import TokenBin, idx_path
-from data.token_shards import open_bin
-from data.word_boundaries import SEGMENTER, WordBoundaries
+from data.samples.token_bin import TokenBin, idx_path
+from data.samples.token_shards import open_bin
+from data.samples.word_boundaries import SEGMENTER, WordBoundaries
 from utils import OutputError, read_json_or_none, write_json_atomic
 
 FORMAT = 1

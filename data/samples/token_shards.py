@@ -1,4 +1,4 @@
-"""Numbered token shards (data/shards.py) read as the one token file they add up to.
+"""Numbered token shards (data/build/sharded.py) read as the one token file they add up to.
 
 `open_bin(path)` takes a .bin, a manifest.json or a glob of .bin shards (train-*.bin). A
 ShardedBin offers what a TokenBin does (tokens, meta, doc_offsets, check_tokenizer), its tokens
@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from data.errors import DataError
-from data.token_bin import TokenBin
+from data.samples.token_bin import TokenBin
 
 
 class ConcatTokens:
