@@ -32,8 +32,10 @@ def from_hf(directory: str, out_path: str, say=print) -> str:
     from data.tokenizer import load_tokenizer
     model, cfg, tokenizer = import_hf(directory, load_tokenizer, say)
     check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
-    checkpoint.write(out_path, {"model": model.state_dict()}, kind="weights", step=0, model_config=cfg.to_dict(),
-                     config={"imported_from": os.path.abspath(directory)}, tokenizer=tokenizer, evaluated="model")
+    meta = checkpoint.CheckpointMeta(kind="weights", step=0, model_config=cfg.to_dict(),
+                                     config={"imported_from": os.path.abspath(directory)}, tokenizer=tokenizer,
+                                     evaluated="model")
+    checkpoint.write(out_path, {"model": model.state_dict()}, meta)
     return out_path
 
 
@@ -157,9 +159,10 @@ def expand_vocab(model_path: str, out_path: str, words: list, say=print) -> dict
     LMConfig.from_dict(cfg)
     parts = {"model": weights}
     check_writable_dir(os.path.dirname(os.path.abspath(out_path)), "output directory")
-    checkpoint.write(out_path, parts, kind="weights", step=0, model_config=cfg, config=state.get("config", {}),
-                     tokenizer=tokenizer, evaluated="model",
-                     vocab_expansion={"new_rows_from": old_size, "expanded_from": old_fingerprint})
+    meta = checkpoint.CheckpointMeta(kind="weights", step=0, model_config=cfg, config=state.get("config", {}),
+                                     tokenizer=tokenizer, evaluated="model",
+                                     vocab_expansion={"new_rows_from": old_size, "expanded_from": old_fingerprint})
+    checkpoint.write(out_path, parts, meta)
     say(f"added {len(new)} tokens (ids {old_size}..{old_size + len(new) - 1})"
         + (f"; {len(skipped)} already single tokens (or another spelling of a word added) were skipped"
            if skipped else "")
@@ -222,8 +225,9 @@ def main(argv=None) -> int:
             words = mine_words(args.mine, tokenizer, args.top, args.min_count, args.text_field)
         expand_vocab(args.model_path, args.out, words, say=print)
     elif args.command in ("shard", "unshard"):
+        from checkpoint import sharded  # torch.distributed.checkpoint, for these two commands only
         check_writable_dir(os.path.dirname(os.path.abspath(args.out)), "output directory")
-        (checkpoint.to_sharded if args.command == "shard" else checkpoint.to_single_file)(args.checkpoint, args.out)
+        (sharded.to_sharded if args.command == "shard" else sharded.to_single_file)(args.checkpoint, args.out)
         print(f"wrote {args.out}")
     return 0
 

@@ -35,8 +35,9 @@ def save_checkpoint(run_dir, model, tokenizer, ema=False):
         parts["ema"] = {k: v + 1.0 for k, v in model.state_dict().items()}
     path = os.path.join(run_dir, "best.pth")
     # evaluated="model": these fixtures stand for a run that evaluated its raw weights
-    checkpoint.write(path, parts, kind="weights", step=1, model_config=model.config.to_dict(), config={},
-                     tokenizer=tokenizer, evaluated="model")
+    meta = checkpoint.CheckpointMeta(kind="weights", step=1, model_config=model.config.to_dict(), config={},
+                                     tokenizer=tokenizer, evaluated="model")
+    checkpoint.write(path, parts, meta)
     return path
 
 

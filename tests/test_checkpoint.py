@@ -1,4 +1,4 @@
-"""The checkpoint module: format check, which weights inference loads, one-line errors, full disks."""
+"""The checkpoint package: format check, which weights inference loads, one-line errors, full disks."""
 import errno
 import os
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import checkpoint
-from checkpoint import CheckpointError, load_for_inference
+from checkpoint import CheckpointError, CheckpointMeta, load_for_inference
 from tests.gen_fixtures import tiny_model, tiny_tokenizer
 from utils import OutputError
 
@@ -20,8 +20,8 @@ def write(path, model, tok, ema=None, evaluated="model", kind="weights"):
     parts = {"model": model.state_dict()}
     if ema is not None:
         parts["ema"] = ema
-    checkpoint.write(str(path), parts, kind=kind, step=3, model_config=model.config.to_dict(), config={},
-                     tokenizer=tok, evaluated=evaluated)
+    checkpoint.write(str(path), parts, CheckpointMeta(kind=kind, step=3, model_config=model.config.to_dict(), config={},
+                                                      tokenizer=tok, evaluated=evaluated))
     return str(path)
 
 
@@ -76,8 +76,9 @@ def test_full_disk_is_one_line_and_keeps_the_old_checkpoint(tmp_path, tok, monke
 def test_part_names_cannot_shadow_metadata(tmp_path, tok):
     model = tiny_model("clm")
     with pytest.raises(ValueError, match="clash"):
-        checkpoint.write(str(tmp_path / "x.pth"), {"model": model.state_dict(), "step": 1}, kind="train", step=1,
-                         model_config=model.config.to_dict(), config={}, tokenizer=tok, evaluated="model")
+        checkpoint.write(str(tmp_path / "x.pth"), {"model": model.state_dict(), "step": 1},
+                         CheckpointMeta(kind="train", step=1, model_config=model.config.to_dict(), config={},
+                                        tokenizer=tok, evaluated="model"))
 
 
 TOKENIZER_DAMAGE = {

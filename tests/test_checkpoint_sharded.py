@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
-import checkpoint_sharded
+from checkpoint import sharded
 from utils import OutputError, remove_stale_temporaries
 
 
@@ -37,7 +37,7 @@ def assert_same(a, b):
 
 def test_written_state_reads_back_whole_with_bulk_tensors_in_shards(tmp_path):
     path = str(tmp_path / "checkpoint_step_1.dcp")
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
     assert ckpt.is_sharded(path) and os.path.exists(os.path.join(path, ".metadata"))
     meta = torch.load(os.path.join(path, ckpt.SHARD_META), weights_only=True)
     assert meta["model"]["w"] == {ckpt.MARKER: "model/w", "shape": [6, 4], "dtype": "float32"}
@@ -48,7 +48,7 @@ def test_written_state_reads_back_whole_with_bulk_tensors_in_shards(tmp_path):
 
 def test_failed_write_leaves_the_old_checkpoint_and_no_temporary(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint_interrupted.dcp")
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
 
     def fail(tensors, checkpoint_id, **kw):
         os.makedirs(checkpoint_id, exist_ok=True)
@@ -56,13 +56,13 @@ def test_failed_write_leaves_the_old_checkpoint_and_no_temporary(tmp_path, monke
             f.write(b"half")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(checkpoint_sharded.dcp, "save", fail)
+    monkeypatch.setattr(sharded.dcp, "save", fail)
     with pytest.raises(OutputError, match="cannot write the sharded checkpoint"):
-        checkpoint_sharded.write(path, state(2), shard=checkpoint_sharded._is_bulk)
+        sharded.write_state(path, state(2), shard=sharded._is_bulk)
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_interrupted.dcp"]
     assert_same(ckpt.load_checkpoint(path), state(1))
     monkeypatch.undo()
-    checkpoint_sharded.write(path, state(2), shard=checkpoint_sharded._is_bulk)  # replaces it whole
+    sharded.write_state(path, state(2), shard=sharded._is_bulk)  # replaces it whole
     assert_same(ckpt.load_checkpoint(path), state(2))
     assert sorted(os.listdir(tmp_path)) == ["checkpoint_interrupted.dcp"]
     assert ckpt.latest_checkpoint(str(tmp_path)) == path
@@ -78,11 +78,11 @@ def test_temporary_of_a_killed_writer_is_removed(tmp_path):
 
 def test_shard_and_unshard_refuse_the_wrong_kind_of_source(tmp_path):
     path = str(tmp_path / "a.dcp")
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
     with pytest.raises(ckpt.CheckpointError, match="shard takes a .pth"):
-        ckpt.to_sharded(path, str(tmp_path / "b.dcp"))
+        sharded.to_sharded(path, str(tmp_path / "b.dcp"))
     with pytest.raises(ckpt.CheckpointError, match="not a sharded checkpoint"):
-        ckpt.to_single_file(str(tmp_path / "nothing"), str(tmp_path / "c.pth"))
+        sharded.to_single_file(str(tmp_path / "nothing"), str(tmp_path / "c.pth"))
 
 
 class _RunsCode:
@@ -94,7 +94,7 @@ def test_crafted_metadata_is_refused_without_running_code(tmp_path, monkeypatch)
     import pickle
     monkeypatch.chdir(tmp_path)
     path = str(tmp_path / "checkpoint_step_1.dcp")
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
     assert_same(ckpt.load_checkpoint(path)["model"], state(1)["model"])  # the genuine metadata passes
     with open(os.path.join(path, ".metadata"), "wb") as f:
         pickle.dump(_RunsCode(), f)
@@ -126,8 +126,8 @@ def test_shard_onto_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, monkeyp
 def test_metadata_pointing_outside_the_checkpoint_is_refused(tmp_path):
     import pickle
     path = str(tmp_path / "a.dcp")
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
-    metadata = checkpoint_sharded.check_metadata(path)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
+    metadata = sharded.check_metadata(path)
     for info in metadata.storage_data.values():
         info.relative_path = "../../etc/hostname"
     with open(os.path.join(path, ".metadata"), "wb") as f:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.distributed.checkpoint as dcp
 
-import checkpoint_sharded
+from checkpoint import sharded
 import convert
 import evaluate
 import inference
@@ -39,7 +39,7 @@ def dotted_pickle() -> bytes:
 
 
 def make(path: str, case: str) -> None:
-    checkpoint_sharded.write(path, state(1), shard=checkpoint_sharded._is_bulk)
+    sharded.write_state(path, state(1), shard=sharded._is_bulk)
     shard = os.path.join(path, next(f for f in os.listdir(path) if f.endswith(".distcp")))
     if case == "dotted":
         with open(os.path.join(path, ".metadata"), "wb") as f:

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 import checkpoint as ckpt
+from checkpoint.run_files import remove_superseded_interrupted
 from data.samples.windows import SampleOrder
 from model import LMConfig, Transformer
 from training.batches import collate, evaluate, step_positions
@@ -22,7 +23,7 @@ from training.metrics import MetricsLogger
 from training.optim import allocate_state, build_optimizer, describe_muon, is_fused
 from training.parallel import parallelize
 from training.plan import say_for
-from training.run_dir import find_resume_path, prepare_run_dir, remove_superseded_interrupted
+from training.run_dir import find_resume_path, prepare_run_dir
 from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
 from training.schedule import LRScheduler, extension_note
 from training.signals import StopSignals
@@ -190,13 +191,14 @@ class Trainer:
         self.say(f"resumed from {path} at step {self.step} ({format_count(self.progress.samples_seen)} samples seen)")
 
     # ---- checkpoints ----------------------------------------------------------------------
-    def _meta(self, kind: str) -> dict:
-        return dict(kind=kind, step=self.step, model_config=self.model_config.to_dict(), config=self.cfg.to_dict(),
-                    tokenizer=self.tokenizer, evaluated="ema" if self.ema is not None else "model",
-                    vocab_expansion=self.expansion)
+    def _meta(self, kind: str) -> ckpt.CheckpointMeta:
+        return ckpt.CheckpointMeta(kind=kind, step=self.step, model_config=self.model_config.to_dict(),
+                                   config=self.cfg.to_dict(), tokenizer=self.tokenizer,
+                                   evaluated="ema" if self.ema is not None else "model",
+                                   vocab_expansion=self.expansion)
 
     def _write(self, path: str, parts: dict, kind: str) -> None:
-        ckpt.write(path, parts, **self._meta(kind))
+        ckpt.write(path, parts, self._meta(kind))
 
     def save(self, name: str) -> str:
         """Write every part (a collective: each rank gives its RNG state); rank 0 writes the file,
@@ -204,8 +206,9 @@ class Trainer:
         states = self.parts.state_dicts()
         path = os.path.join(self.run_dir, name)
         if self.parallel.sharded:
+            from checkpoint import sharded  # torch.distributed.checkpoint loads for sharded runs only
             path = os.path.join(self.run_dir, ckpt.sharded_name(name))
-            ckpt.write_sharded(path, states, **self._meta(kind="train"))
+            sharded.write(path, states, self._meta(kind="train"))
         elif self.info.is_main:
             self._write(path, states, kind="train")
         if self.info.is_main:

@@ -1,7 +1,7 @@
-"""The run directory's files outside checkpoints: which checkpoint a run resumes from, and what a
-start leaves in the directory (stale temporaries removed, a fresh start's old log gone, the
-tokenizer and config written, a resumed run's metrics cut back to its step), and which
-interrupted checkpoints a finished run may drop."""
+"""The run directory's files outside checkpoints (those are checkpoint/run_files.py's): which
+checkpoint a run resumes from, and what a start leaves in the directory (stale temporaries removed,
+a fresh start's old log gone, the tokenizer and config written, a resumed run's metrics cut back to
+its step)."""
 import os
 
 import checkpoint as ckpt
@@ -65,11 +65,3 @@ def truncate_metrics(path: str, step: int) -> None:
             for line, record in jsonl_objects(path) if record.get("step", 0) <= step]
     atomic_write(path, lambda out: out.writelines(keep), binary=False)
 
-
-def remove_superseded_interrupted(run_dir: str, step: int) -> None:
-    """Drop interrupted checkpoints holding no more progress than `step`, which a checkpoint just
-    written holds; one from further on (a run resumed from an earlier checkpoint) stays."""
-    for path in ckpt.interrupted_checkpoints(run_dir):
-        saved = ckpt.checkpoint_step(path)
-        if saved is not None and saved <= step:
-            ckpt.remove(path)

@@ -1,6 +1,8 @@
-"""The sharded checkpoint layout (described in checkpoint.py, which is the way in): a directory
-NAME.dcp with meta.pth (the checkpoint dict, each sharded tensor replaced by a marker) and
-torch.distributed.checkpoint's files holding those tensors, one shard file per writing rank."""
+"""The sharded form (described in checkpoint/format.py): a directory NAME.dcp with meta.pth (the
+checkpoint dict, each sharded tensor replaced by a marker, a single file) and
+torch.distributed.checkpoint's files holding those tensors, one shard file per writing rank.
+Importing it imports torch.distributed.checkpoint (seconds), so the package imports it only where a
+sharded checkpoint is read or written."""
 import os
 import pickle
 import shutil
@@ -14,7 +16,8 @@ from torch.distributed.checkpoint.filesystem import FileSystemReader
 from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from checkpoint import MARKER, SHARD_META, CheckpointError, atomic_save, load_checkpoint
+from checkpoint.format import MARKER, SHARD_META, SHARDED, CheckpointError, CheckpointMeta, is_sharded
+from checkpoint.single import atomic_save, read as read_file
 from utils import OutputError, _is_disk_full as is_disk_full
 
 # Converting a single file: the tensors that grow with the model go to DCP, small ones stay in meta.pth.
@@ -80,7 +83,12 @@ def _is_bulk(path, t) -> bool:
 
 
 # ---- writing ---------------------------------------------------------------------------------------
-def write(path: str, state: dict, shard=_is_dtensor) -> None:
+def write(path: str, parts: dict, meta: CheckpointMeta) -> None:
+    """A collective: every rank calls it with its own parts (DTensor shards); writes the directory path."""
+    write_state(path, meta.state(parts))
+
+
+def write_state(path: str, state: dict, shard=_is_dtensor) -> None:
     """Write state as the directory path: a collective when a process group is up (each rank writes
     its shards), else one process. Built under a temporary name that rank 0 renames once every
     rank's shards, DCP's metadata and meta.pth are on disk, so path is complete or absent."""
@@ -132,7 +140,7 @@ def _replace(tmp: str, path: str) -> None:
 
 # ---- reading ---------------------------------------------------------------------------------------
 def read_meta(path: str) -> dict:
-    return load_checkpoint(os.path.join(path, SHARD_META))
+    return read_file(os.path.join(path, SHARD_META))
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -265,5 +273,14 @@ def place_like(state, live):
 
 # ---- converting ------------------------------------------------------------------------------------
 def to_sharded(src: str, dst: str) -> None:
-    """A single file as a sharded checkpoint (one writer); any world size reads it back."""
-    write(dst, load_checkpoint(src), shard=_is_bulk)
+    """One checkpoint file as a sharded directory (one writer), which any number of --fsdp ranks resume."""
+    if is_sharded(src) or not dst.endswith(SHARDED):
+        raise CheckpointError(f"shard takes a .pth checkpoint and a new {SHARDED} directory name, got {src} -> {dst}")
+    write_state(dst, read_file(src), shard=_is_bulk)
+
+
+def to_single_file(src: str, dst: str) -> None:
+    """A sharded checkpoint directory as one file (what inference, export and evaluation read)."""
+    if not is_sharded(src):
+        raise CheckpointError(f"{src} is not a sharded checkpoint (a .dcp directory holding {SHARD_META})")
+    atomic_save(read_full(src), dst)
