@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from model import ConfigError, LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
 from model.hf import FAMILIES, family_for_config, family_for_hf_config
-from tests.model_checks import assert_loss_and_grads_agree
+from tests.helpers.model_checks import assert_loss_and_grads_agree
 
 transformers = pytest.importorskip("transformers")
 

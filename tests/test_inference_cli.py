@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import inference
-from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
-from tests.train_harness import ROOT
+from tests.helpers.tiny_models import save_checkpoint, tiny_model, tiny_tokenizer
+from tests.helpers.train_harness import ROOT
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -15,8 +15,8 @@ from data.prefix_split import prefix_lengths, prefix_path
 from data.prepare import prepare_corpus
 from data.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
-from tests.data_fixtures import FakeBin
-from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
+from tests.helpers.data_fixtures import FakeBin
+from tests.helpers.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
 from training.batches import fetch, make_windows
 
 
@@ -119,7 +119,7 @@ def test_evaluate_takes_each_prompt_as_the_prefix(tmp_path, capsys):
     hand computation where exactly the completions (and each eos) are scored."""
     import evaluate as ev
     from model import LMConfig, Transformer
-    from tests.gen_fixtures import save_checkpoint, tiny_tokenizer
+    from tests.helpers.tiny_models import save_checkpoint, tiny_tokenizer
 
     tok = tiny_tokenizer(str(tmp_path))
     torch.manual_seed(3)

@@ -9,8 +9,8 @@ import pytest
 from data.errors import DataError
 from data.packer import DataProcessor
 from data.token_bin import TokenBin
-from tests.data_fixtures import make_tokenizer, write_docs
-from tests.train_harness import ROOT
+from tests.helpers.data_fixtures import make_tokenizer, write_docs
+from tests.helpers.train_harness import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +150,7 @@ def test_the_processor_does_not_load_torch():
     import subprocess
     import sys
 
-    from tests.train_harness import ROOT
+    from tests.helpers.train_harness import ROOT
     code = "import sys, data.processor, data.prepare; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr

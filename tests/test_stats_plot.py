@@ -8,7 +8,7 @@ import pytest
 
 import data.stats_plot as stats_plot
 from data.packer import DataProcessor
-from tests.data_fixtures import make_tokenizer
+from tests.helpers.data_fixtures import make_tokenizer
 from tests.test_processor import write_bad_corpus
 
 
