@@ -32,3 +32,25 @@ class FakeBin:
 
     def doc_offsets(self):
         return self.offsets
+
+
+def write_bad_corpus(path):
+    lines = [
+        b'{"text": "good one"}\n',
+        b'{"text": "bad json"\n',                                   # invalid_json
+        b'["a", "list"]\n',                                          # not_object
+        b'{"content": "wrong field"}\n',                             # missing_field
+        b'{"text": 42}\n',                                           # non_string
+        b'{"text": "   \\n\\t "}\n',                                 # empty_text
+        b'{"text": "caf\xe9 latin-1"}\n',                            # invalid_utf8
+        b'{"text": "nul \\u0000 inside"}\n',                         # contains_nul
+        b'\n',                                                        # empty_line
+        b'{"text": "crlf line"}\r\n',                                # kept: CRLF stripped
+        b'\xef\xbb\xbf{"text": "bom line"}\n',                       # kept: BOM stripped
+        b'{"text": "' + b"x" * 3_000_000 + b'"}\n',                  # kept: one line of 3 MB
+        b'{"text": "lone surrogate \\ud800"}\n',                     # invalid_utf8
+        b'{"text": "no final newline"}',                             # kept
+    ]
+    path.write_bytes(b"".join(lines))
+    return str(path)
+
