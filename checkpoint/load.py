@@ -1,7 +1,5 @@
 """Reading a checkpoint, either form, for what reads one: inference, export, evaluation,
 --init_from (the weights it evaluated, its model and tokenizer) and a resume (each part's state)."""
-import os
-
 from checkpoint import single
 from checkpoint.format import CheckpointError, is_sharded
 

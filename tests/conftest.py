@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from tests.train_harness import write_corpus
+from tests.helpers.train_harness import write_corpus
 
 
 def pytest_configure(config):

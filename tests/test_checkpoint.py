@@ -7,7 +7,7 @@ import torch
 
 import checkpoint
 from checkpoint import CheckpointError, CheckpointMeta, load_for_inference
-from tests.gen_fixtures import tiny_model, tiny_tokenizer
+from tests.helpers.tiny_models import tiny_model, tiny_tokenizer
 from utils import OutputError
 
 

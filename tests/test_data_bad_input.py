@@ -10,7 +10,7 @@ import pytest
 from data.build.corpus_processor import DataProcessor
 from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
-from tests.train_harness import ROOT, write_corpus
+from tests.helpers.train_harness import ROOT, write_corpus
 from utils import OutputError
 
 

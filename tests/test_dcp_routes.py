@@ -14,8 +14,8 @@ import convert
 import evaluate
 import inference
 import train
-from tests.test_checkpoint_sharded import state
-from tests.train_harness import write_config
+from tests.helpers.train_harness import write_config
+from tests.helpers.train_states import state
 from utils import run_cli
 
 ROUTES = ("inference", "evaluate", "unshard", "to_hf", "resume")

@@ -7,7 +7,7 @@ import torch
 
 from data.samples.documents import DocumentIndex
 from model import LMConfig, Transformer
-from tests.data_fixtures import FakeBin
+from tests.helpers.data_fixtures import FakeBin
 from training.batches import fetch, make_windows
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)

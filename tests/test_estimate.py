@@ -10,8 +10,8 @@ import yaml
 
 from data.build.corpus_processor import DataProcessor
 from model import LMConfig, Transformer
-from tests.data_fixtures import make_tokenizer, write_docs
-from tests.train_harness import ROOT
+from tests.helpers.data_fixtures import make_tokenizer, write_docs
+from tests.helpers.train_harness import ROOT
 from training.memory import estimate
 
 # Small enough for a shared 2-core CPU, large enough that the model, not the runtime, is the memory.
@@ -36,7 +36,7 @@ def measure(root, checkpointing: bool, model=MODEL, batch=BATCH) -> dict:
     # A fixed mmap threshold: every tensor of any size is given back to the system when freed, so
     # the resident memory is what is alive (glibc would otherwise raise it and keep freed heap).
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS="2", PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "memory_probe.py"), str(root / "train.bin"),
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "helpers", "memory_probe.py"), str(root / "train.bin"),
                            str(root / "tokenizer.json"), *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

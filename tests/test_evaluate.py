@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import evaluate as ev
 from data.samples.masking import MLMMasker
 from data.tokenizer import train_tokenizer
-from tests.gen_fixtures import LINES, save_checkpoint, tiny_model, tiny_tokenizer
+from tests.helpers.tiny_models import LINES, save_checkpoint, tiny_model, tiny_tokenizer
 from utils import IGNORE_INDEX
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,8 @@ import torch
 
 import checkpoint
 from convert import expand_vocab
-from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
-from tests.train_harness import ROOT
+from tests.helpers.tiny_models import save_checkpoint, tiny_model, tiny_tokenizer
+from tests.helpers.train_harness import ROOT
 
 WORDS = ["queenliness", "今天心情", "Denmarkish"]
 

@@ -7,7 +7,7 @@ import torch
 
 from model.generation import GenerationConfig, generate_tokens
 from model.text_generator import StreamDecoder, TextGenerator
-from tests.gen_fixtures import ScriptedModel, tiny_model, tiny_tokenizer
+from tests.helpers.tiny_models import ScriptedModel, tiny_model, tiny_tokenizer
 
 GREEDY = GenerationConfig(do_sample=False, max_new_tokens=12, stop_on_eos=False)
 
@@ -193,7 +193,7 @@ def test_reference_004_python_snippet_runs_as_adapted(tmp_path):
     transformers = pytest.importorskip("transformers")
     import checkpoint
     from convert import to_hf
-    from tests.gen_fixtures import save_checkpoint
+    from tests.helpers.tiny_models import save_checkpoint
     tok = tiny_tokenizer(str(tmp_path))
     path = save_checkpoint(str(tmp_path / "run"), tiny_model(seed=6), tok)
     export = to_hf(path, str(tmp_path / "hf"), say=lambda *_: None)

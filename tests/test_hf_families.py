@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from model import ConfigError, LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
 from model.hf import FAMILIES, family_for_config, family_for_hf_config
-from tests.model_checks import assert_loss_and_grads_agree
+from tests.helpers.model_checks import assert_loss_and_grads_agree, perturbed
 
 transformers = pytest.importorskip("transformers")
 
@@ -49,17 +49,6 @@ def hf_model(family: str, seed: int = 0):
     config_class, model_class, kwargs = HF_MODELS[family]
     torch.manual_seed(seed)
     return perturbed(getattr(transformers, model_class)(getattr(transformers, config_class)(**kwargs)), seed)
-
-
-def perturbed(model, seed: int):
-    """The model in fp32 eval mode with seeded noise added to every parameter, so biases and norms
-    that start at 0 and 1 are tested too."""
-    model = model.float().eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
 
 
 def imported(theirs):

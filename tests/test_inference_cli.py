@@ -11,10 +11,10 @@ import pytest
 import torch
 
 import inference
-from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
-from tests.train_harness import ROOT
+from tests.helpers.tiny_models import save_checkpoint, tiny_model, tiny_tokenizer
+from tests.helpers.train_harness import ROOT
 
-pytestmark = pytest.mark.slow  # every test here starts processes
+pytestmark = pytest.mark.slow  # inference.py end to end: as processes, and main() in-process on real checkpoints
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from tests.train_harness import losses, run, run_ok, train_cmd, write_config
+from tests.helpers.train_harness import losses, run, run_ok, train_cmd, write_config
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

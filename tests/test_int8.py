@@ -8,7 +8,7 @@ from torch import nn
 from model.generation import GenerationConfig, generate_tokens
 import model.int8
 from model.int8 import Int8Linear, int8_available, kernel_saturates, quantize_int8
-from tests.gen_fixtures import tiny_model
+from tests.helpers.tiny_models import tiny_model
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this torch build has no CPU int8 kernels")
 

@@ -13,7 +13,7 @@ from model.attention import Attention
 from model.generation import GenerationConfig, generate_tokens
 from model.layers import FEED_FORWARDS, NORMS, POSITIONS, NoPositions, SwiGLU
 from model.hf.llama import LLAMA
-from tests.model_checks import assert_loss_and_grads_agree
+from tests.helpers.model_checks import assert_loss_and_grads_agree
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48)
 OTHER = dict(norm="layernorm", positions="none", feed_forward="gelu", bias=True)  # every piece non-default
@@ -478,7 +478,7 @@ def test_compiled_decode_step_with_the_recipe_gives_the_eager_tokens():
 
 def test_recipe_keys_round_trip_through_a_checkpoint(tmp_path):
     import checkpoint
-    from tests.gen_fixtures import save_checkpoint, tiny_tokenizer
+    from tests.helpers.tiny_models import save_checkpoint, tiny_tokenizer
     tok = tiny_tokenizer(str(tmp_path))
     m = make(**{**SMALL, **RECIPE, **HEAD, "vocab_size": 320, "head_init_std": 0.05})
     path = save_checkpoint(str(tmp_path / "run"), m, tok)

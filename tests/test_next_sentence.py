@@ -10,7 +10,7 @@ from model import ConfigError, LMConfig, Transformer
 from model.hf import FAMILIES, family_for_hf_config
 
 transformers = pytest.importorskip("transformers")
-from tests.test_hf_families import perturbed  # noqa: E402  (after the transformers skip)
+from tests.helpers.model_checks import perturbed  # noqa: E402  (after the transformers skip)
 
 VOCAB = 211
 

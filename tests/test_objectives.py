@@ -9,7 +9,7 @@ from data.samples.documents import DocumentIndex
 from data.samples.masking import MLMMasker
 from model.config import OBJECTIVES as MODEL_OBJECTIVES
 from model.config import LMConfig
-from tests.data_fixtures import FakeBin
+from tests.helpers.data_fixtures import FakeBin
 from training.batches import fetch
 from training.objectives import OBJECTIVES, objective_for
 

@@ -3,7 +3,7 @@ import copy
 
 import torch
 
-from tests.train_harness import write_config
+from tests.helpers.train_harness import write_config
 from training.config import build_config
 from training.distributed import DistInfo
 from training.loop import Trainer

@@ -16,8 +16,8 @@ from data.build.prepare import prepare_corpus
 from data.sources.settings import ReadSettings
 from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer, train_tokenizer
-from tests.data_fixtures import FakeBin
-from tests.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
+from tests.helpers.data_fixtures import FakeBin
+from tests.helpers.train_harness import WORDS, read_metrics, run, run_ok, train_cmd, write_config
 from training.batches import fetch, make_windows
 
 
@@ -120,7 +120,7 @@ def test_evaluate_takes_each_prompt_as_the_prefix(tmp_path, capsys):
     hand computation where exactly the completions (and each eos) are scored."""
     import evaluate as ev
     from model import LMConfig, Transformer
-    from tests.gen_fixtures import save_checkpoint, tiny_tokenizer
+    from tests.helpers.tiny_models import save_checkpoint, tiny_tokenizer
 
     tok = tiny_tokenizer(str(tmp_path))
     torch.manual_seed(3)

@@ -9,7 +9,7 @@ from data.samples.windows import PrefixWindows, SampleOrder
 from data.samples.documents import DocumentIndex, draw_prefix, suffix_labels
 from model import LMConfig, Transformer
 from model.generation import GenerationConfig, generate_tokens
-from tests.data_fixtures import FakeBin
+from tests.helpers.data_fixtures import FakeBin
 from training.batches import collate, fetch, make_windows
 
 SMALL = dict(vocab_size=211, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=48, objective="plm")
@@ -167,7 +167,7 @@ def test_evaluate_scores_a_packed_prefix_lm_on_its_suffixes(tmp_path, capsys):
     import json
 
     import evaluate as ev
-    from tests.gen_fixtures import LINES, save_checkpoint, tiny_tokenizer
+    from tests.helpers.tiny_models import LINES, save_checkpoint, tiny_tokenizer
     from training.batches import EVAL_SEED, _sample_generator
 
     tok = tiny_tokenizer(str(tmp_path))
@@ -199,7 +199,7 @@ def test_evaluate_scores_a_packed_prefix_lm_on_its_suffixes(tmp_path, capsys):
 
 def test_init_from_a_causal_checkpoint_continues_as_a_packed_prefix_lm(tmp_path):
     from model.config import ConfigError
-    from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
+    from tests.helpers.tiny_models import save_checkpoint, tiny_model, tiny_tokenizer
     from training.init_from import InitSource
 
     path = save_checkpoint(str(tmp_path / "clm"), tiny_model("clm"), tiny_tokenizer(str(tmp_path)))

@@ -8,7 +8,7 @@ from data.errors import DataError
 from data.build.prepare import prepare_corpus
 from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
-from tests.data_fixtures import make_tokenizer, write_docs
+from tests.helpers.data_fixtures import make_tokenizer, write_docs
 
 
 def mtimes(out_dir):

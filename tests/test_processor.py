@@ -10,35 +10,14 @@ from data.errors import DataError
 from data.build.corpus_processor import DataProcessor
 from data.sources.settings import ReadSettings
 from data.samples.token_bin import TokenBin
-from tests.data_fixtures import make_tokenizer, write_docs
-from tests.train_harness import ROOT
+from tests.helpers.data_fixtures import make_tokenizer, write_bad_corpus, write_docs
+from tests.helpers.train_harness import ROOT
 
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
     root = tmp_path_factory.mktemp("proc")
     return make_tokenizer(root), root
-
-
-def write_bad_corpus(path):
-    lines = [
-        b'{"text": "good one"}\n',
-        b'{"text": "bad json"\n',                                   # invalid_json
-        b'["a", "list"]\n',                                          # not_object
-        b'{"content": "wrong field"}\n',                             # missing_field
-        b'{"text": 42}\n',                                           # non_string
-        b'{"text": "   \\n\\t "}\n',                                 # empty_text
-        b'{"text": "caf\xe9 latin-1"}\n',                            # invalid_utf8
-        b'{"text": "nul \\u0000 inside"}\n',                         # contains_nul
-        b'\n',                                                        # empty_line
-        b'{"text": "crlf line"}\r\n',                                # kept: CRLF stripped
-        b'\xef\xbb\xbf{"text": "bom line"}\n',                       # kept: BOM stripped
-        b'{"text": "' + b"x" * 3_000_000 + b'"}\n',                  # kept: one line of 3 MB
-        b'{"text": "lone surrogate \\ud800"}\n',                     # invalid_utf8
-        b'{"text": "no final newline"}',                             # kept
-    ]
-    path.write_bytes(b"".join(lines))
-    return str(path)
 
 
 def test_every_bad_line_is_counted_by_reason(tok, tmp_path):
@@ -151,7 +130,7 @@ def test_the_processor_does_not_load_torch():
     import subprocess
     import sys
 
-    from tests.train_harness import ROOT
+    from tests.helpers.train_harness import ROOT
     code = "import sys, data.processor, data.build.prepare; print('torch' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stdout + proc.stderr

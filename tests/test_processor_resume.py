@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tests.data_fixtures import make_tokenizer, write_docs
-from tests.train_harness import ROOT
+from tests.helpers.data_fixtures import make_tokenizer, write_docs
+from tests.helpers.train_harness import ROOT
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

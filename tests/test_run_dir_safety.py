@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.train_harness import (ROOT, descendants, env, read_metrics, run, run_ok, start_and_signal, torchrun_cmd,
+from tests.helpers.train_harness import (ROOT, descendants, env, read_metrics, run, run_ok, start_and_signal, torchrun_cmd,
                                  train_cmd, write_config)
 from training import run_dir as run_dir_mod
 from training.metrics import MetricsLogger
@@ -206,7 +206,7 @@ def test_full_disk_while_appending_metrics_is_one_line(tmp_path):
 
 
 def test_full_disk_while_writing_config_yaml_is_one_line(tmp_path, monkeypatch):
-    from tests.gen_fixtures import tiny_tokenizer
+    from tests.helpers.tiny_models import tiny_tokenizer
     from training.config import build_config
     tokenizer = tiny_tokenizer(str(tmp_path))
     cfg = build_config(["--out_dir", str(tmp_path / "out")])

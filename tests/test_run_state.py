@@ -70,7 +70,7 @@ def test_parallelize_picks_the_strategy_and_clips():
 
 
 def test_mfu_counts_only_the_masked_positions_of_a_masked_model():
-    from tests.gen_fixtures import tiny_model
+    from tests.helpers.tiny_models import tiny_model
     m = tiny_model("mlm")
     assert OBJECTIVES["mlm"].head_fraction(0.15) == 0.15 and OBJECTIVES["clm"].head_fraction(0.15) == 1.0
     assert mfu(m, 1000.0, m.flops_per_token(0.15) * 4000.0, fraction=0.15) == pytest.approx(0.25)

@@ -15,7 +15,7 @@ from data.samples.pairs import IS_NEXT, IS_RANDOM, PairWindows
 from data.build.prepare import prepare_corpus
 from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
-from tests.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd,
+from tests.helpers.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok, train_cmd,
                                  weights, write_config, write_corpus)
 from training.batches import fetch
 from utils import IGNORE_INDEX
@@ -143,7 +143,7 @@ def test_pairs_with_whole_words_resume_after_sigkill_to_the_bit(tiny_corpus, run
     SIGKILLed between checkpoints and resumed equals the uninterrupted one, losses and weights."""
     import signal
 
-    from tests.train_harness import losses, start_and_signal
+    from tests.helpers.train_harness import losses, start_and_signal
     corpus, data_dir = tiny_corpus
     out = run_root / "out"
     common = dict(objective="mlm", max_steps=10, save_interval=4, accumulation_steps=2, batch_size=4, warmup=2)

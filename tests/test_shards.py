@@ -17,8 +17,8 @@ from data.errors import DataError
 from data.build.sharded import plan
 from data.samples.token_bin import TokenBin
 from data.samples.token_shards import open_bin
-from tests.data_fixtures import make_tokenizer, write_docs
-from tests.train_harness import ROOT, losses, read_metrics, run_ok
+from tests.helpers.data_fixtures import make_tokenizer, write_docs
+from tests.helpers.train_harness import ROOT, losses, read_metrics, run_ok
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 

@@ -8,7 +8,7 @@ import pytest
 
 from data.sources.settings import ReadSettings
 from data.sources.records import iter_records
-from tests.train_harness import ROOT
+from tests.helpers.train_harness import ROOT
 
 TEXT = "\ufeff# Hamlet\n\nTo be, or not to be,\nthat is the question.\n\n\nOk\n\nWhether 'tis nobler in the mind\n"
 
@@ -61,7 +61,7 @@ def _docs(paths):
 
 def _processor(tmp_path, **kw):
     from data.build.corpus_processor import DataProcessor
-    from tests.data_fixtures import make_tokenizer
+    from tests.helpers.data_fixtures import make_tokenizer
     make_tokenizer(tmp_path)
     return DataProcessor(str(tmp_path / "tokenizer.json"), show_progress=False, **kw)
 

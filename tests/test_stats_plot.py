@@ -8,8 +8,7 @@ import pytest
 
 import data.stats_plot as stats_plot
 from data.build.corpus_processor import DataProcessor
-from tests.data_fixtures import make_tokenizer
-from tests.test_processor import write_bad_corpus
+from tests.helpers.data_fixtures import make_tokenizer, write_bad_corpus
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from tests.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run, run_ok, run_torchrun_ok,
+from tests.helpers.train_harness import (ROOT, env, free_port, losses, max_weight_diff, run, run_ok, run_torchrun_ok,
                                  start_and_signal,
                                  torchrun_cmd, train_cmd, weights, write_config)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from model.config import ConfigError
-from tests.train_harness import write_config
+from tests.helpers.train_harness import write_config
 from training.config import build_config, eval_samples_on_resume
 from training.distributed import DistInfo
 from training.loop import Trainer

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from tests.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, train_cmd, weights,
+from tests.helpers.train_harness import (ROOT, max_weight_diff, read_metrics, run, run_ok, train_cmd, weights,
                                  write_config)
 from checkpoint import FORMAT, CheckpointError, atomic_save, latest_checkpoint, load_checkpoint
 

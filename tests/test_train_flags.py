@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.train_harness import ROOT, env, read_metrics, run, run_ok, train_cmd, write_config
+from tests.helpers.train_harness import ROOT, env, read_metrics, run, run_ok, train_cmd, write_config
 
 pytestmark = pytest.mark.slow  # every test here starts processes
 
@@ -106,7 +106,7 @@ def test_legacy_launcher_passes_local_rank(tiny_corpus, run_root):
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "c.yaml", corpus, data_dir, run_root / "out", max_steps=2, warmup=1)
     cmd = [sys.executable, "-m", "torch.distributed.launch", "--nproc_per_node=1", "--master_port",
-           str(__import__("tests.train_harness", fromlist=["free_port"]).free_port()),
+           str(__import__("tests.helpers.train_harness", fromlist=["free_port"]).free_port()),
            os.path.join(ROOT, "train.py"), "--config", cfg, "--ddp"]
     run_ok(cmd)
     assert [r["step"] for r in read_metrics(str(run_root / "out" / "run"))] == [1, 2]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import checkpoint as ckpt
-from tests.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok,
+from tests.helpers.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, run_torchrun_ok,
                                  start_and_signal, torchrun_cmd, train_cmd, weights, write_config)
 
 pytestmark = pytest.mark.slow  # every test here starts processes

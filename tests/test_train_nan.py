@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from tests.train_harness import read_metrics, write_config
+from tests.helpers.train_harness import read_metrics, write_config
 from training.config import build_config
 from training.distributed import DistInfo
 from training.loop import Trainer, TrainingStopped

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import inference
-from tests.train_harness import (losses, max_weight_diff, read_metrics, run_ok, run_torchrun_ok, start_and_signal,
+from tests.helpers.train_harness import (losses, max_weight_diff, read_metrics, run_ok, run_torchrun_ok, start_and_signal,
                                  train_cmd, weights, write_config)
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, start_and_signal,
+from tests.helpers.train_harness import (ROOT, losses, max_weight_diff, read_metrics, run, run_ok, start_and_signal,
                                  train_cmd, weights, write_config, write_corpus)
 
 pytestmark = pytest.mark.slow  # every test here starts processes

@@ -4,7 +4,7 @@ import signal
 import pytest
 import torch
 
-from tests.train_harness import run_ok, run_torchrun_ok, start_and_signal, train_cmd, weights, write_config
+from tests.helpers.train_harness import run_ok, run_torchrun_ok, start_and_signal, train_cmd, weights, write_config
 
 
 def _frozen_equal(before: dict, after: dict, new_rows_from: int) -> None:

@@ -16,8 +16,8 @@ from data.samples.token_bin import TokenBin
 from data.tokenizer import load_tokenizer
 from data.samples.word_boundaries import WordBoundaries
 from data.samples.word_starts import WordStarts, ensure_word_starts, words_path
-from tests.data_fixtures import make_tokenizer
-from tests.train_harness import ROOT
+from tests.helpers.data_fixtures import make_tokenizer
+from tests.helpers.train_harness import ROOT
 from training.batches import fetch, make_windows
 from utils import IGNORE_INDEX
 
@@ -245,7 +245,7 @@ def test_a_rebuilt_bin_makes_the_word_file_stale(tmp_path):
 
 @pytest.mark.slow
 def test_training_with_whole_words_writes_the_word_file_and_refuses_causal_models(tiny_corpus, run_root):
-    from tests.train_harness import read_metrics, run, run_ok, train_cmd, write_config
+    from tests.helpers.train_harness import read_metrics, run, run_ok, train_cmd, write_config
     corpus, data_dir = tiny_corpus
     cfg = write_config(run_root / "mlm.yaml", corpus, data_dir, run_root / "out", objective="mlm", max_steps=3,
                        eval_interval=2)

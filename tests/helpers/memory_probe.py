@@ -1,6 +1,6 @@
 """Test support: the measured peak memory of a real training step on CPU, in a process of its own.
 
-    python tests/memory_probe.py <train.bin> <tokenizer.json> <train.py flags...>
+    python tests/helpers/memory_probe.py <train.bin> <tokenizer.json> <train.py flags...>
 
 Prints one JSON line: the peak resident memory of the third Trainer.train_step (the first two create
 the optimizer state and warm the kernels) above the memory before the Trainer existed. Made robust
@@ -12,7 +12,7 @@ import json
 import os
 import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
 import torch  # noqa: E402

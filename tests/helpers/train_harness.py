@@ -9,7 +9,7 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WORDS = ("the king queen lord lady love death night day sword crown heart blood time world man "
          "woman father mother son daughter speak come go see know think tell give take make good "
          "fair sweet noble true false dead old young great little honour grace heaven earth").split()

@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 
 from convert import to_hf
 from model import LMConfig, Transformer
-from tests.gen_fixtures import save_checkpoint, tiny_model, tiny_tokenizer
-from tests.train_harness import ROOT
+from tests.helpers.tiny_models import save_checkpoint, tiny_model, tiny_tokenizer
+from tests.helpers.train_harness import ROOT
 
 quiet = lambda *_: None  # noqa: E731
 LONG = "The <mask> and the king. " + "Now is the winter of our discontent. " * 40  # > 64 tokens
