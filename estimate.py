@@ -19,7 +19,7 @@ def gib(n: float) -> str:
 
 
 def parse(argv):
-    from training.parallel import STRATEGIES
+    from training.parallelism.strategies import STRATEGIES
     p = OneLineArgumentParser(prog="python estimate.py", description=__doc__.splitlines()[0])
     p.add_argument("--world_size", type=int, default=1, help="processes (GPUs) the run is spread over")
     p.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "single"], default="ddp",
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     own, rest = parse(sys.argv[1:] if argv is None else argv)
     from training.config import build_config
     from model.losses import default_chunk_rows
-    from training.memory import estimate
+    from training.parallelism.memory import estimate
     from training.objectives import objective_for
 
     cfg = build_config(rest, default_config="config.yaml" if os.path.exists("config.yaml") else None)

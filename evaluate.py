@@ -39,7 +39,7 @@ from data.samples.token_bin import TokenBin, token_dtype
 from training.batches import EVAL_SEED, evaluate
 from training.config import DataConfig
 from training.objectives import OBJECTIVES, masker_for
-from training.distributed import DistInfo
+from training.parallelism.distributed import DistInfo
 from utils import DTYPES, OneLineArgumentParser, UsageError, check_device, resolve_dtype, run_cli
 
 BATCH_SIZE = 16

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
 
 
 def _train(cfg) -> int:
-    from training import distributed
+    from training.parallelism import distributed
     info, device = distributed.setup(cfg.train.parallel != "single", cfg.train.device,
                                      flag="--fsdp" if cfg.train.parallel == "fsdp" else "--ddp")
     try:
@@ -47,7 +47,7 @@ def _train(cfg) -> int:
                   f"{summary['max_steps']} steps long (--max_steps or --epochs); lengthen it to train on")
         elif info.is_main:
             _print_summary(summary)
-            from training.plot import plot_run
+            from training.reporting.plot import plot_run
             plot_run(summary["run_dir"])
         # Ranks leave together: one tearing down its process group while another still writes or
         # plots made gloo abort that rank at exit now and then ("terminate called ...").

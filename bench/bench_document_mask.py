@@ -21,7 +21,7 @@ from data.samples.documents import DocumentIndex, draw_prefix  # noqa: E402
 from data.samples.token_bin import TokenBin  # noqa: E402
 from model import Transformer  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from training.optimization.optimizers import build_optimizer  # noqa: E402
 
 
 def windows(path, batch, seq, vocab, doc_len, rng):

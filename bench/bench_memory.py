@@ -3,7 +3,7 @@
     python bench/bench_memory.py                        # dim 512, 8 layers, vocab 8192 (~29M parameters)
     python bench/bench_memory.py --dim 256 --layers 4 --steps 2
 
-Each rank builds the model, wraps it with the same strategy train.py uses (training/parallel.py),
+Each rank builds the model, wraps it with the same strategy train.py uses (training/parallelism/strategies.py),
 builds the optimizer and takes a few full steps (forward, backward, clip, AdamW) on random tokens.
 Printed per rank: the bytes of the state it holds (its parameters, gradients and AdamW moments:
 local shards under FSDP), its resident memory before the model is built (Python, torch, gloo), after
@@ -25,8 +25,8 @@ import torch.multiprocessing as mp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
-from training.parallel import DataParallel, FullyShardedDataParallel  # noqa: E402
+from training.optimization.optimizers import build_optimizer  # noqa: E402
+from training.parallelism.strategies import DataParallel, FullyShardedDataParallel  # noqa: E402
 
 MiB = 2 ** 20
 

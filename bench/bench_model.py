@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from model.hf.llama import LLAMA  # noqa: E402
-from training.throughput import mfu  # noqa: E402
+from training.reporting.throughput import mfu  # noqa: E402
 
 VOCAB, DIM, LAYERS, HEADS, SEQ, BATCH = 8192, 256, 4, 4, 128, 32
 

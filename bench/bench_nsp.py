@@ -68,7 +68,7 @@ def score(path: str, val_bin: str, batches: int) -> dict:
     from data.samples.token_bin import TokenBin
     from training.batches import evaluate
     from training.config import DataConfig
-    from training.distributed import DistInfo
+    from training.parallelism.distributed import DistInfo
     from training.objectives import OBJECTIVES, masker_for
 
     model, config, tokenizer = load_for_inference(path)

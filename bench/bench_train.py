@@ -15,9 +15,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import LMConfig, Transformer  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
-from training.optim import build_optimizer  # noqa: E402
+from training.optimization.optimizers import build_optimizer  # noqa: E402
 from training.objectives import OBJECTIVES  # noqa: E402
-from training.throughput import mfu, peak_flops  # noqa: E402
+from training.reporting.throughput import mfu, peak_flops  # noqa: E402
 from utils import peak_rss_mb, resolve_device, resolve_dtype  # noqa: E402
 
 

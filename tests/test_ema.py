@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from training.ema import EMA, unwrap
+from training.optimization.ema import EMA, unwrap
 
 
 def _linear(seed=0, dtype=torch.float32):

@@ -12,7 +12,7 @@ from data.build.corpus_processor import DataProcessor
 from model import LMConfig, Transformer
 from tests.helpers.data_fixtures import make_tokenizer, write_docs
 from tests.helpers.train_harness import ROOT
-from training.memory import estimate
+from training.parallelism.memory import estimate
 
 # Small enough for a shared 2-core CPU, large enough that the model, not the runtime, is the memory.
 MODEL = dict(dim=256, n_layers=4, n_heads=4, vocab_size=8192, max_seq_len=256)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import MetricsLogger
-from training.plot import main as plot_main
-from training.plot import plot_run, read_metrics
+from training.reporting.metrics import MetricsLogger
+from training.reporting.plot import main as plot_main
+from training.reporting.plot import plot_run, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -216,7 +216,7 @@ def test_plot_draws_the_gradient_norm(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.figure import Figure
 
-    from training.plot import draw_run
+    from training.reporting.plot import draw_run
     run = str(tmp_path / "run")
     _synthetic_run(run)
     fig = Figure()
@@ -237,7 +237,7 @@ def test_plot_without_matplotlib_returns_none(tmp_path, monkeypatch, capsys):
 
 
 def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "training.plot", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "training.reporting.plot", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 @pytest.mark.slow

@@ -160,7 +160,7 @@ def test_num_params_matches_hand_count():
     untied = Transformer(LMConfig(**{**c.to_dict(), "tie_embeddings": False}))
     assert untied.num_params() == expected + 3200
     assert m.flops_per_token() == 6 * (expected - 3200 + 3200) + 12 * 2 * 32 * 16
-    from training.throughput import mfu  # MFU lives in one place, over the model's own FLOP count
+    from training.reporting.throughput import mfu  # MFU lives in one place, over the model's own FLOP count
     assert mfu(m, 1000.0, m.flops_per_token() * 4000.0) == pytest.approx(0.25)
     assert mfu(m, 1000.0, m.flops_per_token() * 2000.0, world_size=2) == pytest.approx(0.25)
     # sparse MLM logits: only a share of positions pays for the vocabulary projection

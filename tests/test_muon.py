@@ -1,4 +1,4 @@
-"""Muon (training/muon.py, --optimizer_type muon): the float32 Newton-Schulz iteration against
+"""Muon (training/optimization/muon.py, --optimizer_type muon): the float32 Newton-Schulz iteration against
 torch's bfloat16 one, the update rule against torch.optim.Muon, the AdamW groups against
 torch.optim.AdamW, which parameter goes to which group at which rate, the scheduler keeping each
 group's own rate, the state round trip, the FLOPs line and the one-line refusals."""
@@ -11,9 +11,9 @@ from torch.optim._muon import _zeropower_via_newtonschulz as torch_newton_schulz
 from model import LMConfig, Transformer
 from model.config import ConfigError
 from training.config import TrainConfig, build_config
-from training.muon import NS_COEFFICIENTS, MuonAdamW, newton_schulz, newton_schulz_flops, shape_scale
-from training.optim import build_optimizer, check_settings, describe_muon, muon_groups
-from training.schedule import LRScheduler
+from training.optimization.muon import NS_COEFFICIENTS, MuonAdamW, newton_schulz, newton_schulz_flops, shape_scale
+from training.optimization.optimizers import build_optimizer, check_settings, describe_muon, muon_groups
+from training.optimization.schedule import LRScheduler
 
 
 @pytest.mark.parametrize("shape", [(48, 16), (16, 48), (32, 32)])
@@ -167,7 +167,7 @@ def test_a_fused_projection_is_orthogonalised_matrix_by_matrix():
 
 def test_the_models_fused_weights_name_their_matrices():
     from model import LMConfig, Transformer
-    from training.optim import fused_rows
+    from training.optimization.optimizers import fused_rows
     model = Transformer(LMConfig(vocab_size=64, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, hidden_dim=48))
     rows = {tuple(w.shape): r for w, r in fused_rows(model).items()}
     assert rows == {(64, 32): (32, 16, 16), (96, 32): (48, 48)}

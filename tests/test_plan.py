@@ -5,7 +5,7 @@ import torch
 
 from tests.helpers.train_harness import write_config
 from training.config import build_config
-from training.distributed import DistInfo
+from training.parallelism.distributed import DistInfo
 from training.loop import Trainer
 from training.plan import build_plan
 

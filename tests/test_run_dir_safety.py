@@ -14,7 +14,7 @@ import pytest
 from tests.helpers.train_harness import (ROOT, descendants, env, read_metrics, run, run_ok, start_and_signal, torchrun_cmd,
                                  train_cmd, write_config)
 from training import run_dir as run_dir_mod
-from training.metrics import MetricsLogger
+from training.reporting.metrics import MetricsLogger
 from utils import OutputError
 
 

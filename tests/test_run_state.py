@@ -5,11 +5,12 @@ import types
 import pytest
 import torch
 
-from training import optim, parallel, schedule
-from training.distributed import DistInfo
+from training.optimization import optimizers as optim, schedule
+from training.parallelism import strategies as parallel
+from training.parallelism.distributed import DistInfo
 from training.run_state import EarlyStopping, NaNGuard, Progress
 from training.objectives import OBJECTIVES
-from training.throughput import mfu
+from training.reporting.throughput import mfu
 
 
 def test_nan_guard_counts_runs_and_totals_on_the_device():

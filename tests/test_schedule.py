@@ -6,7 +6,7 @@ import torch
 
 from model.config import ConfigError
 from training.config import build_config
-from training.schedule import SCHEDULES, LRScheduler, decay_start, extension_note, lr_at, resolve_warmup
+from training.optimization.schedule import SCHEDULES, LRScheduler, decay_start, extension_note, lr_at, resolve_warmup
 
 # warmup 10 steps, decay over the 100 steps 10..110
 KW = dict(base_lr=1.0, min_lr=0.1, warmup_steps=10, total_steps=110)

@@ -6,7 +6,7 @@ import torch
 from model.config import ConfigError
 from tests.helpers.train_harness import write_config
 from training.config import build_config, eval_samples_on_resume
-from training.distributed import DistInfo
+from training.parallelism.distributed import DistInfo
 from training.loop import Trainer
 from training.plan import build_plan
 

@@ -8,7 +8,7 @@ import torch
 
 from tests.helpers.train_harness import read_metrics, write_config
 from training.config import build_config
-from training.distributed import DistInfo
+from training.parallelism.distributed import DistInfo
 from training.loop import Trainer, TrainingStopped
 from training.plan import build_plan
 

@@ -64,7 +64,7 @@ def test_new_embeddings_combine_with_patterns_and_refuse_all():
     import pytest
 
     from model import ConfigError, LMConfig, Transformer
-    from training.freeze import Freezer
+    from training.optimization.freeze import Freezer
     model = Transformer(LMConfig(vocab_size=128, dim=32, n_layers=1, n_heads=2, objective="mlm"))
     freezer = Freezer(model, "new_embeddings, mlm_head.*", new_rows=(100, 110))
     trains = {n for n, p in model.named_parameters() if p.requires_grad}

@@ -9,7 +9,7 @@ import torch
 
 from data.samples.windows import SampleOrder
 from data.samples.documents import DocumentIndex
-from training.distributed import all_reduce_sum
+from training.parallelism.distributed import all_reduce_sum
 from training.objectives import OBJECTIVES
 from utils import IGNORE_INDEX
 

@@ -13,9 +13,9 @@ import yaml
 
 from data.sources.settings import DEFAULT_READ
 from model.config import LMConfig
-from training.optim import check_settings as optimizer_problem
-from training.parallel import STRATEGIES
-from training.schedule import DECAY_SHAPES, SCHEDULES
+from training.optimization.optimizers import check_settings as optimizer_problem
+from training.parallelism.strategies import STRATEGIES
+from training.optimization.schedule import DECAY_SHAPES, SCHEDULES
 from utils import DTYPES, ConfigError
 
 DTYPE_CHOICES = ("auto",) + DTYPES
@@ -61,11 +61,11 @@ class TrainConfig:
     learning_rate: float = 3e-4           # peak rate, reached at the end of warmup
     min_lr: float = 3e-5                  # the rate the schedule decays to
     warmup: float = 0.05                  # steps (>= 1) or a fraction of the run (< 1)
-    lr_scheduler: str = "cosine"          # a name in training.schedule.SCHEDULES (decay after warmup)
+    lr_scheduler: str = "cosine"          # a name in training.optimization.schedule.SCHEDULES (decay after warmup)
     lr_power: float = 1.0                 # polynomial decay exponent
     decay_fraction: float = 0.2           # wsd: the decay takes the last this share of the run, in (0, 1]
     decay_shape: str = "1-sqrt"           # wsd: linear | 1-sqrt (Hagele et al. 2024: 1-sqrt does better)
-    optimizer_type: str = "adamw"         # a name in training.optim.OPTIMIZERS
+    optimizer_type: str = "adamw"         # a name in training.optimization.optimizers.OPTIMIZERS
     muon_lr: float = 0.02                 # muon: the blocks' weight matrices (update scaled by sqrt(max(1, rows/cols)))
     muon_momentum: float = 0.95           # muon: Nesterov momentum of those matrices
     embedding_lr: Optional[float] = None  # muon: embeddings' AdamW rate; None: learning_rate
@@ -94,7 +94,7 @@ class TrainConfig:
     resume: bool = False                  # continue the run from its newest checkpoint
     resume_from: Optional[str] = None     # with resume: this checkpoint instead of the newest
     init_from: Optional[str] = None       # a new run from these weights: a checkpoint or a Hugging Face directory
-    trainable: str = "all"                # all | embeddings | new_embeddings | name globs (training/freeze.py)
+    trainable: str = "all"                # all | embeddings | new_embeddings | name globs (training/optimization/freeze.py)
     force_fresh: bool = False             # start over in a run directory that holds checkpoints, removing them
     tensorboard: bool = False             # also log to TensorBoard in the run directory
     use_wandb: bool = False               # also log to Weights & Biases (offline unless WANDB_MODE says otherwise)

@@ -11,7 +11,7 @@ import tokenize
 
 from model.config import LMConfig
 from training.config import DataConfig, TrainConfig
-from training.optim import OPTIMIZERS
+from training.optimization.optimizers import OPTIMIZERS
 
 # (section, dataclass, how a key of it is spelled as a flag), in config.yaml's order.
 SECTIONS = (("model", LMConfig, "--model.{}"), ("data", DataConfig, "--data.{}"), ("train", TrainConfig, "--{}"))

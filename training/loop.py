@@ -16,18 +16,18 @@ from data.samples.windows import SampleOrder
 from model import LMConfig, Transformer
 from training.batches import collate, evaluate, step_positions
 from training.config import eval_samples_on_resume
-from training.distributed import all_reduce_, any_rank, barrier
-from training.ema import EMA
-from training.freeze import Freezer
-from training.metrics import MetricsLogger
-from training.optim import allocate_state, build_optimizer, describe_muon, is_fused
-from training.parallel import parallelize
+from training.parallelism.distributed import all_reduce_, any_rank, barrier
+from training.optimization.ema import EMA
+from training.optimization.freeze import Freezer
+from training.reporting.metrics import MetricsLogger
+from training.optimization.optimizers import allocate_state, build_optimizer, describe_muon, is_fused
+from training.parallelism.strategies import parallelize
 from training.plan import say_for
 from training.run_dir import find_resume_path, prepare_run_dir
 from training.run_state import DataIdentity, EarlyStopping, NaNGuard, Progress, RNGStreams, StateParts
-from training.schedule import LRScheduler, extension_note
+from training.optimization.schedule import LRScheduler, extension_note
 from training.signals import StopSignals
-from training.throughput import mfu, peak_flops
+from training.reporting.throughput import mfu, peak_flops
 from utils import format_count, resolve_dtype, seed_everything
 
 

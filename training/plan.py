@@ -18,7 +18,7 @@ from data.tokenizer import load_tokenizer
 from training.init_from import InitSource
 from training.objectives import Objective, objective_for
 from training.run_data import prepare_run_data
-from training.schedule import resolve_warmup
+from training.optimization.schedule import resolve_warmup
 from utils import ConfigError
 
 

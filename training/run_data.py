@@ -7,7 +7,7 @@ from data.sources.settings import ReadSettings
 from data.sample import build_sample_corpus
 from data.tokenizer import load_tokenizer
 from data.samples.word_starts import ensure_word_starts
-from training.distributed import barrier
+from training.parallelism.distributed import barrier
 
 SAMPLE_CORPUS = "dataset/sample.jsonl"
 

@@ -7,7 +7,7 @@ import math
 import torch
 
 from checkpoint import CheckpointError
-from training.distributed import gather_objects
+from training.parallelism.distributed import gather_objects
 from training.rng import capture_rng, restore_rng
 from utils import seed_everything
 

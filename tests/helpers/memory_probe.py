@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from data.tokenizer import load_tokenizer  # noqa: E402
 from model import LMConfig, Transformer  # noqa: E402
-from training import distributed  # noqa: E402
+from training.parallelism import distributed  # noqa: E402
 from training.config import build_config  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Draw a run's curves (train and validation loss, learning rate, gradient norm, against step) to a PNG.
 
-    python -m training.plot out/<run>      # prints the PNG's path
+    python -m training.reporting.plot out/<run>      # prints the PNG's path
 
 Exit codes: 0 drawn, 1 matplotlib is not installed, 2 no run directory or nothing to draw."""
 import json
@@ -91,7 +91,7 @@ def main(argv) -> int:
         print(__doc__.strip())
         return 0
     if len(argv) != 1:
-        print("usage: python -m training.plot out/<run>", file=sys.stderr)
+        print("usage: python -m training.reporting.plot out/<run>", file=sys.stderr)
         return 2
     run_dir = argv[0]
     if not os.path.isdir(run_dir):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from training.muon import MuonAdamW, newton_schulz_flops
+from training.optimization.muon import MuonAdamW, newton_schulz_flops
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from model import LMConfig, Transformer
-from training.parallel import STRATEGIES
+from training.parallelism.strategies import STRATEGIES
 
 FFN_SAVED = {"swiglu": 4, "gelu": 2, "gelu_tanh": 2}  # hidden-sized tensors a feed-forward saves
 
@@ -113,7 +113,7 @@ def estimate(cfg: LMConfig, batch_size: int, world_size: int = 1, strategy: str 
     buckets = 4 * p if strategy == "ddp" and world_size > 1 else 0
     gathered, fsdp = 0, strategy == "fsdp" and world_size > 1
     if fsdp:
-        # Gathered in the compute dtype (training/parallel.py's MixedPrecisionPolicy): the root's own
+        # Gathered in the compute dtype (training/parallelism/strategies.py's MixedPrecisionPolicy): the root's own
         # parameters (embeddings, head) for the whole step, a block and the next one prefetched.
         block = max(sum(q.numel() for q in layer.parameters()) for layer in model.layers)
         root = p - sum(q.numel() for q in model.layers.parameters())

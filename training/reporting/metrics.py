@@ -6,7 +6,7 @@ run goes on with metrics.jsonl alone.
 
 metrics.jsonl: one JSON object per line, exactly the keys given. Tensors and numpy scalars are
 written as plain numbers; a non-finite float is written as NaN / Infinity, which Python's json
-(and so training.plot) reads back.
+(and so training.reporting.plot) reads back.
 
 A resumed run (start_step: the checkpoint's step; 0 for a fresh start) logs each step once:
 TensorBoard purges the events after start_step that the earlier run wrote (they are replayed),

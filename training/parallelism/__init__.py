@@ -1,0 +1,1 @@
+"""How a run spreads over processes: the strategies (single, ddp, fsdp), process-group helpers and the memory estimate per rank."""
