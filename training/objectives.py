@@ -3,6 +3,7 @@ so the loop, evaluation, throughput and --init_from never branch on the objectiv
 
 Adding an objective: its windows class (data/), a class below in OBJECTIVES, and its name in
 model/config.py's OBJECTIVES (the model validates the name without importing training/)."""
+from abc import ABC, abstractmethod
 import math
 from typing import Optional
 
@@ -21,7 +22,8 @@ def masker_for(data, tokenizer, eval_mode: bool) -> MLMMasker:
                      mask_token_frac=data.mask_token_frac, random_token_frac=data.random_token_frac)
 
 
-class Objective:
+class Objective(ABC):
+    """What an objective answers; a registered one must build its windows (it cannot be made otherwise)."""
     name = ""
     causal = True           # a decoder: the next token is the target, so a window reads seq_len + 1 tokens
     masks = False           # its samples are masked (a masker, a mask token)
@@ -51,12 +53,12 @@ class Objective:
             raise ConfigError(f"data.whole_word_mask is for masked models (model.objective mlm), not {self.name}")
 
     # ---- samples --------------------------------------------------------------------------
+    @abstractmethod
     def windows(self, token_bin, seq_len: int, masker=None, documents=None, prompt_lengths=None,
                 pair_tokenizer=None):
         """The windows over token_bin. documents: a DocumentIndex (model.document_mask);
         prompt_lengths (plm with documents): each document's prompt is its prefix; pair_tokenizer
         (mlm): sentence pairs framed with its [CLS] and [SEP], for next-sentence prediction."""
-        raise NotImplementedError
 
     def run_windows(self, token_bin, seq_len: int, model_config, data, tokenizer, train: bool,
                     prompt_lengths=None):
