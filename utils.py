@@ -74,6 +74,15 @@ def _is_disk_full(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("enforce fail" in str(e) or "No space left" in str(e))
 
 
+def fsync_directory(directory: str) -> None:
+    """Make a rename inside directory durable (the entry, not only the file, reaches the disk)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: str, write, binary: bool = True, size_hint: int = 0) -> None:
     """Write `path` so that it exists only complete: write(f) into a temporary file in the same
     directory, flush, fsync, rename, fsync the directory. A failure leaves the old file untouched
@@ -87,11 +96,7 @@ def atomic_write(path: str, write, binary: bool = True, size_hint: int = 0) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(directory)
     except (OSError, RuntimeError) as e:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if _is_disk_full(e):

@@ -18,7 +18,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 
 from checkpoint.format import MARKER, SHARD_META, SHARDED, CheckpointError, CheckpointMeta, is_sharded
 from checkpoint.single import atomic_save, read as read_file
-from utils import OutputError, _is_disk_full as is_disk_full
+from utils import OutputError, fsync_directory, _is_disk_full as is_disk_full
 
 # Converting a single file: the tensors that grow with the model go to DCP, small ones stay in meta.pth.
 BULK_PARTS = ("model", "ema", "optimizer")
@@ -130,11 +130,7 @@ def _replace(tmp: str, path: str) -> None:
     if os.path.exists(path):
         os.rename(path, old)
     os.rename(tmp, path)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_directory(directory)
     shutil.rmtree(old, ignore_errors=True)
 
 
