@@ -25,7 +25,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each recipe is the flags it adds to BASE: config.yaml with the settings it had before these
 # changes were measured (AdamW, cosine, 15% masking, the Llama block), spelled out so the rows stay
 # the same whatever config.yaml now chooses. 'all' is every change that has a row.
-BASE = ["--optimizer_type", "adamw", "--lr_scheduler", "cosine", "--data.mask_rate", "0.15"]
+BASE = ["--optimizer_type", "adamw", "--learning_rate", "2e-3", "--lr_scheduler", "cosine", "--data.mask_rate", "0.15"]
 CAUSAL = {
     "baseline": [],
     "muon": ["--optimizer_type", "muon"],
@@ -49,7 +49,7 @@ MASKED = {
 
 
 # What config.yaml adopted (causal: the optimizer and schedule; masked: also the 30% rate).
-ADOPTED = {"clm": ["--optimizer_type", "muon", "--lr_scheduler", "wsd"],
+ADOPTED = {"clm": ["--optimizer_type", "muon", "--lr_scheduler", "wsd", "--learning_rate", "4e-3"],
            "mlm": ["--optimizer_type", "muon", "--lr_scheduler", "wsd", "--data.mask_rate", "0.3"]}
 
 
@@ -101,6 +101,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--no_equal_time", action="store_true", help="skip the equal-time runs")
     ap.add_argument("--timing_only", action="store_true", help="only the alternating timing rounds")
+    ap.add_argument("--equal_time_only", action="store_true",
+                    help="train only at each recipe's equal-time horizon (the equal-step runs already recorded)")
+    ap.add_argument("--timing_from", default=None,
+                    help="take s/step from a --timing_only --out JSON instead of timing again (measured quiet, "
+                         "so the quality runs may share the machine)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()
 
@@ -117,12 +122,19 @@ def main() -> None:
 
     # Timing: alternate the recipes, one at a time with every core, a few rounds.
     times = {n: [] for n in names}
+    if args.timing_from:
+        recorded = {r["recipe"]: r["s_per_step"] for r in json.load(open(args.timing_from))["timing"]}
+        missing = [n for n in names if n not in recorded]
+        if missing:
+            raise SystemExit(f"{args.timing_from} has no s/step for {', '.join(missing)}")
+        times = {n: [recorded[n]] for n in {*names, "baseline"} & set(recorded)}
+        args.timing_rounds = 0
     for rnd in range(args.timing_rounds):
         order = names[rnd % len(names):] + names[:rnd % len(names)]
         for n in order:
             times[n].append(step_seconds(base + table[n], out_dir, f"time_{n}_{rnd}", args.timing_steps,
                                          cores, base))
-    timed = args.timing_rounds > 0  # 0: equal-step scores only (deterministic, any machine load)
+    timed = any(times.values())  # none: equal-step scores only (deterministic, any machine load)
     sec = {n: statistics.median(v) if timed else float("nan") for n, v in times.items()}
     ref = sec.get("baseline", sec[names[0]])
 
@@ -130,6 +142,10 @@ def main() -> None:
         print(f"| recipe | s/step (median of {args.timing_rounds} alternating rounds) | vs {names[0]} |\n|---|---|---|")
         for n in names:
             print(f"| {n} | {sec[n]:.3f} | {sec[n] / sec[names[0]]:.3f}x |")
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"objective": args.objective, "timing": [{"recipe": n, "s_per_step": sec[n], "rounds": times[n]}
+                                                                  for n in names]}, f, indent=1)
         return
 
     def train(n: str, n_steps: int) -> dict:
@@ -138,10 +154,13 @@ def main() -> None:
         return run_train(flags, f"{n}_{n_steps}", out_dir, max(1, cores // args.jobs))["eval"]
 
     runs = {}
-    jobs = [(n, steps) for n in names]
     equal_time = timed and not args.no_equal_time
+    if args.equal_time_only and not equal_time:
+        raise SystemExit("--equal_time_only needs step times: --timing_rounds > 0 or --timing_from")
+    horizon = {n: round(steps * ref / sec[n]) if timed else steps for n in names}
+    jobs = [] if args.equal_time_only else [(n, steps) for n in names]
     if equal_time:
-        jobs += [(n, round(steps * ref / sec[n])) for n in names if round(steps * ref / sec[n]) != steps]
+        jobs += [(n, horizon[n]) for n in names if (n, horizon[n]) not in jobs]
     started = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:
         for (n, s), rec in zip(jobs, pool.map(lambda j: train(*j), jobs)):
@@ -153,13 +172,15 @@ def main() -> None:
           f"{metric} at equal time |")
     print("|---|---|---|---|---|---|")
     results = []
+    def cell(value):
+        return "-" if value is None else f"{value:.4f}"
+
     for n in names:
-        eq = round(steps * ref / sec[n]) if timed else steps
-        eq_score = runs.get((n, eq), runs[(n, steps)]) if equal_time else None
+        eq_score = runs[(n, horizon[n])] if equal_time else None
         results.append({"recipe": n, "flags": table[n], "s_per_step": sec[n], "ratio": sec[n] / ref,
-                        "score": runs[(n, steps)], "equal_time_steps": eq, "equal_time_score": eq_score})
-        print(f"| {n} | {sec[n]:.2f} | {sec[n] / ref:.2f}x | {runs[(n, steps)]:.4f} | {eq} | "
-              + (f"{eq_score:.4f} |" if eq_score is not None else "- |"))
+                        "score": runs.get((n, steps)), "equal_time_steps": horizon[n], "equal_time_score": eq_score})
+        print(f"| {n} | {sec[n]:.2f} | {sec[n] / ref:.2f}x | {cell(runs.get((n, steps)))} | {horizon[n]} | "
+              f"{cell(eq_score)} |")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"objective": args.objective, "steps": steps, "extra": args.extra, "results": results}, f,
