@@ -26,12 +26,20 @@ FAMILY_DEFAULTS = {
 }
 
 
+def depth_shape(depth: int) -> dict:
+    """The shape one dial gives: 64-wide heads, as many as there are blocks, so width and depth grow
+    together (depth 4 is the embedded default; 6 trains a 384-wide, 6-block model)."""
+    return dict(n_layers=depth, dim=64 * depth, n_heads=depth)
+
+
 @dataclass
 class LMConfig:
     vocab_size: int = 4096                # embedding rows; a run leaves it to the tokenizer (its size rounded up to 64)
-    dim: int = 256                        # width of the residual stream
-    n_layers: int = 4                     # Transformer blocks
-    n_heads: int = 4                      # attention (query) heads; dim must divide by it
+    depth: Optional[int] = None           # one dial: d blocks, width 64*d, d heads of 64 (depth_shape); dim,
+                                          # n_layers and n_heads given beside it win; None: depth 4's shape
+    dim: Optional[int] = None             # width of the residual stream; None: 64 * depth
+    n_layers: Optional[int] = None        # Transformer blocks; None: depth
+    n_heads: Optional[int] = None         # attention (query) heads, dividing dim; None: depth
     n_kv_heads: Optional[int] = None      # None -> n_heads (plain multi-head attention)
     hidden_dim: Optional[int] = None      # None -> the feed-forward's own default (swiglu ~8/3*dim, gelu 4*dim)
     multiple_of: int = 32                 # the default hidden_dim is rounded up to a multiple of this
@@ -67,6 +75,12 @@ class LMConfig:
     logit_softcap: float = 0.0            # > 0: logits = cap * tanh(logits / cap), in training and inference; 0: off
 
     def __post_init__(self):
+        if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool)
+                                       or self.depth <= 0):
+            raise ConfigError(f"model.depth must be a positive integer (or null: depth 4's shape), got {self.depth!r}")
+        for key, value in depth_shape(4 if self.depth is None else self.depth).items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         if not isinstance(self.arch, str) or self.arch not in FAMILY_DEFAULTS:
             raise ConfigError(f"model.arch must be one of {', '.join(FAMILY_DEFAULTS)}, got {self.arch!r}")
         for key, value in FAMILY_DEFAULTS[self.arch].items():

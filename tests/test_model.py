@@ -197,11 +197,23 @@ def test_gradient_checkpointing_changes_memory_not_results():
     (dict(objective="t5"), "model.objective must be one of clm, mlm"),
     (dict(n_layers=0), "model.n_layers must be a positive integer"),
     (dict(dropout=1.5), "model.dropout must be in [0, 1)"),
+    (dict(depth=0), "model.depth must be a positive integer"),
+    (dict(depth=True), "model.depth must be a positive integer"),
 ])
 def test_config_errors_name_the_key(kw, fragment):
     with pytest.raises(ConfigError) as e:
         LMConfig(**kw)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_depth_is_one_dial_for_width_blocks_and_heads_and_given_keys_win():
+    assert (LMConfig().dim, LMConfig().n_layers, LMConfig().n_heads) == (256, 4, 4)  # depth 4's shape
+    six = LMConfig(depth=6)
+    assert (six.dim, six.n_layers, six.n_heads, six.head_dim) == (384, 6, 6, 64)
+    assert LMConfig.from_dict(six.to_dict()) == six
+    given = LMConfig(depth=6, n_layers=2, n_heads=3)
+    assert (given.dim, given.n_layers, given.n_heads) == (384, 2, 3)
+    assert Transformer(LMConfig(depth=2, vocab_size=64)).num_params() < Transformer(LMConfig(depth=3, vocab_size=64)).num_params()
 
 
 def test_config_round_trip_and_presets():
