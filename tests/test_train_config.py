@@ -1,7 +1,9 @@
 """Config layering and validation: CLI beats YAML beats defaults; mistakes stop with one line."""
+import os
+
 import pytest
 
-from model.config import ConfigError
+from model.config import ConfigError, LMConfig
 from training.config import build_config, parse_cli
 
 
@@ -18,6 +20,20 @@ def test_cli_beats_yaml_beats_defaults(tmp_path):
     assert cfg.train.learning_rate == 1e-3       # YAML over default
     assert cfg.train.optimizer_type == "adamw"   # default
     assert cfg.model["n_layers"] == 6
+
+
+def test_the_embedded_default_turns_its_shape_with_one_dial():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def shape(*argv):
+        m = LMConfig.from_dict({"vocab_size": 4096, **build_config(["--config", os.path.join(root, "config.yaml"),
+                                                                     *argv]).model})
+        return m.n_layers, m.dim, m.n_heads
+
+    assert shape() == (4, 256, 4)
+    assert shape("--model.depth", "6") == (6, 384, 6)
+    assert shape("--model.depth", "6", "--model.n_heads", "3") == (6, 384, 3)  # a key given beside it wins
+    assert shape("--model.n_layers", "2") == (2, 256, 4)
 
 
 def test_flag_forms(tmp_path):
