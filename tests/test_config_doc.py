@@ -46,7 +46,8 @@ def test_help_lists_every_key_with_default_and_meaning_by_section():
     assert heads == sorted(heads)
     batch = next(line for line in lines if line.lstrip().startswith("--batch_size "))
     assert batch.split()[:2] == ["--batch_size", "32"] and batch.endswith("per process, per micro-step")
-    assert any(line.lstrip().startswith("--model.n_layers 4 ") for line in lines)
+    assert any(line.lstrip().startswith("--model.n_layers null ") and line.endswith("None: depth") for line in lines)
+    assert any(line.lstrip().startswith("--model.depth null ") for line in lines)
     assert any(line.lstrip().startswith("--data.vocab_size 4096 ") for line in lines)
 
 
