@@ -168,8 +168,9 @@ def main() -> None:
         for (n, s), rec in zip(jobs, pool.map(lambda j: train(*j), jobs)):
             runs[(n, s)] = score(rec, args.objective)
     metric = "masked-token accuracy" if args.objective == "mlm" else "validation bits per byte"
-    print(f"\n{args.objective}: {steps} steps; s/step: median of {args.timing_rounds} alternating rounds of "
-          f"{args.timing_steps} steps; quality runs took {time.time() - started:.0f}s")
+    timing = (f"from {args.timing_from}" if args.timing_from else
+              f"median of {args.timing_rounds} alternating rounds of {args.timing_steps} steps")
+    print(f"\n{args.objective}: {steps} steps; s/step {timing}; quality runs took {time.time() - started:.0f}s")
     print(f"| recipe | s/step | vs baseline | {metric} at {steps} steps | steps in baseline's time | "
           f"{metric} at equal time |")
     print("|---|---|---|---|---|---|")
