@@ -174,10 +174,10 @@ def main() -> None:
     print(f"| recipe | s/step | vs baseline | {metric} at {steps} steps | steps in baseline's time | "
           f"{metric} at equal time |")
     print("|---|---|---|---|---|---|")
-    results = []
     def cell(value):
         return "-" if value is None else f"{value:.4f}"
 
+    results = []
     for n in names:
         eq_score = runs[(n, horizon[n])] if equal_time else None
         results.append({"recipe": n, "flags": table[n], "s_per_step": sec[n], "ratio": sec[n] / ref,

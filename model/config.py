@@ -26,6 +26,9 @@ FAMILY_DEFAULTS = {
 }
 
 
+DEFAULT_DEPTH = 4  # the shape a config without depth, dim, n_layers or n_heads gets (256 wide, 4 blocks)
+
+
 def depth_shape(depth: int) -> dict:
     """The shape one dial gives: 64-wide heads, as many as there are blocks, so width and depth grow
     together (depth 4 is the embedded default; 6 trains a 384-wide, 6-block model)."""
@@ -78,7 +81,7 @@ class LMConfig:
         if self.depth is not None and (not isinstance(self.depth, int) or isinstance(self.depth, bool)
                                        or self.depth <= 0):
             raise ConfigError(f"model.depth must be a positive integer (or null: depth 4's shape), got {self.depth!r}")
-        for key, value in depth_shape(4 if self.depth is None else self.depth).items():
+        for key, value in depth_shape(DEFAULT_DEPTH if self.depth is None else self.depth).items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
         if not isinstance(self.arch, str) or self.arch not in FAMILY_DEFAULTS:
